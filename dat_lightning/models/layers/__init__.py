@@ -1,0 +1,18 @@
+"""Building blocks of the DAT and DAT++ backbones."""
+
+from .deformable_attention import DeformableAttention, DeformableRecord
+from .mlp import ConvMLP, TransformerMLP
+from .neighborhood_attention import NeighborhoodAttention2d, neighborhood_attention
+from .norm import LayerNorm2d
+from .window_attention import WindowAttention
+
+__all__ = [
+    "ConvMLP",
+    "DeformableAttention",
+    "DeformableRecord",
+    "LayerNorm2d",
+    "NeighborhoodAttention2d",
+    "TransformerMLP",
+    "WindowAttention",
+    "neighborhood_attention",
+]

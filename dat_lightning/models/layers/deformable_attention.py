@@ -1,0 +1,233 @@
+"""Deformable multi-head attention (the ``D`` blocks of DAT and DAT++).
+
+Queries come from every position of the feature map; keys and values are sampled with
+``grid_sample`` at a grid of reference points moved by offsets that a small convolutional network
+predicts from the queries. The relative position bias is a continuous table sampled at the
+normalised query-key displacement, so it works at any input size without resizing.
+
+Coordinates follow ``grid_sample(..., align_corners=True)`` conventions, last axis ordered (y, x).
+The two generations differ only in small conventions, selected by ``generation``:
+
+========================  =================================  =====================================
+                          ``"v1"`` (DAT, CVPR 2022)           ``"pp"`` (DAT++)
+========================  =================================  =====================================
+reference points          ``(r + 0.5) / Hk * 2 - 1``          ``(r + 0.5) / (Hk - 1) * 2 - 1``
+query grid (for the bias) ``(r + 0.5) / H * 2 - 1``           ``r / (H - 1) * 2 - 1``
+range factor ``f > 0``    ``tanh(o) * f / Hk``               ``tanh(o) * f / (Hk - 1)`` (``f >= 0``)
+range factor ``f < 0``    ``pos = tanh(ref + o)``            ``pos = clamp(ref + o, -1, 1)``
+========================  =================================  =====================================
+
+Where the official DAT++ code divides by ``size - 1`` and a key grid or feature map has a single
+row or column (inputs of 32 px and below), it returns NaN/inf. Here a length-1 axis places its
+only point at the centre (coordinate 0) and the offset range uses ``max(size - 1, 1)``, so the
+output stays finite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .norm import LayerNorm2d
+
+SATURATION_LEVEL = 0.99  # |tanh| above this counts as saturated in v1's bounded modes
+
+
+@dataclass
+class DeformableRecord:
+    """What one forward pass of a deformable block did, kept only while recording is on.
+
+    All tensors are detached. ``pos``/``ref``: ``[B, groups, Hk, Wk, 2]`` sampling and reference
+    points (normalised, (y, x)). ``saturated``: bool, same shape without the last axis.
+    ``attn``: ``[B, heads, H*W, Hk*Wk]`` probabilities, only when attention recording is on.
+    """
+
+    pos: torch.Tensor
+    ref: torch.Tensor
+    saturated: torch.Tensor
+    fmap_size: tuple[int, int]
+    generation: str
+    offset_range_factor: float
+    attn: torch.Tensor | None = None
+
+    @property
+    def key_grid(self) -> tuple[int, int]:
+        return tuple(self.pos.shape[2:4])
+
+    def cell_size(self) -> torch.Tensor:
+        """Size of one key-grid cell in normalised coordinates, (y, x)."""
+        hk, wk = self.key_grid
+        if self.generation == "v1":
+            return torch.tensor([2.0 / hk, 2.0 / wk])
+        return torch.tensor([2.0 / max(hk - 1, 1), 2.0 / max(wk - 1, 1)])
+
+
+def _axis_coords(size: int, generation: str, centred: bool, dtype, device) -> torch.Tensor:
+    """Normalised coordinates of ``size`` points along one axis (see the module table)."""
+    r = torch.arange(size, dtype=dtype, device=device)
+    if size == 1 and generation == "pp":
+        return torch.zeros(1, dtype=dtype, device=device)
+    if generation == "v1":
+        return (r + 0.5) / size * 2 - 1
+    return ((r + 0.5) if centred else r) / (size - 1) * 2 - 1
+
+
+def reference_points(hk: int, wk: int, generation: str, dtype, device) -> torch.Tensor:
+    """``[Hk, Wk, 2]`` undeformed key positions, (y, x)."""
+    ys = _axis_coords(hk, generation, True, dtype, device)
+    xs = _axis_coords(wk, generation, True, dtype, device)
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+
+
+def query_grid(h: int, w: int, generation: str, dtype, device) -> torch.Tensor:
+    """``[H, W, 2]`` query positions used for the relative position bias, (y, x)."""
+    ys = _axis_coords(h, generation, generation == "v1", dtype, device)
+    xs = _axis_coords(w, generation, generation == "v1", dtype, device)
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+
+
+class DeformableAttention(nn.Module):
+    """Deformable multi-head attention over a ``[B, C, H, W]`` map.
+
+    Args:
+        dim: channels (``heads * head_dim``).
+        heads: attention heads.
+        groups: offset groups; each group of ``heads / groups`` heads shares sampling points.
+        fmap_size: feature-map size the model is built for; sizes ``rpe_table``.
+        stride: stride of the offset network, so the key grid is about ``H / stride``.
+        ksize: kernel of the offset network's depthwise convolution.
+        offset_range_factor: bound on the offsets (see the module docstring); -1 squashes/clamps.
+        use_pe: add the sampled relative position bias.
+        generation: ``"v1"`` or ``"pp"``.
+        attn_drop: attention-probability dropout.
+        proj_drop: output dropout.
+    """
+
+    def __init__(self, dim: int, heads: int, groups: int, fmap_size: tuple[int, int],
+                 stride: int = 1, ksize: int = 3, offset_range_factor: float = 2.0,
+                 use_pe: bool = True, generation: str = "v1", attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if generation not in ("v1", "pp"):
+            raise ValueError(f"generation must be 'v1' or 'pp', got {generation!r}")
+        if dim % heads or heads % groups:
+            raise ValueError(f"need dim % heads == 0 and heads % groups == 0, got dim={dim}, "
+                             f"heads={heads}, groups={groups}")
+        self.dim, self.heads, self.groups = dim, heads, groups
+        self.head_dim = dim // heads
+        self.scale = self.head_dim ** -0.5
+        self.group_channels = dim // groups
+        self.group_heads = heads // groups
+        self.stride = stride
+        self.offset_range_factor = offset_range_factor
+        self.generation = generation
+        self.attn_drop = attn_drop
+        h, w = fmap_size
+        if use_pe:
+            self.rpe_table = nn.Parameter(torch.zeros(heads, 2 * h - 1, 2 * w - 1))
+            nn.init.trunc_normal_(self.rpe_table, std=0.01)
+        else:
+            self.rpe_table = None
+        pad = ksize // 2 if (generation == "v1" or ksize != stride) else 0
+        gc = self.group_channels
+        self.conv_offset = nn.Sequential(
+            nn.Conv2d(gc, gc, ksize, stride, pad, groups=gc),
+            LayerNorm2d(gc),
+            nn.GELU(),
+            nn.Conv2d(gc, 2, 1, 1, 0, bias=False),
+        )
+        self.proj_q = nn.Conv2d(dim, dim, 1)
+        self.proj_k = nn.Conv2d(dim, dim, 1)
+        self.proj_v = nn.Conv2d(dim, dim, 1)
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.proj_drop = nn.Dropout(proj_drop)
+        # Introspection: off unless a caller (e.g. the OffsetStatistics callback) turns it on.
+        self.record_offsets = False
+        self.record_attention = False
+        self.last_record: DeformableRecord | None = None
+
+    def _sampling_points(self, q: torch.Tensor):
+        """Offsets -> (pos, ref, saturated), each ``[B*groups, Hk, Wk, (2)]``."""
+        B, _, H, W = q.shape
+        offset = self.conv_offset(q.reshape(B * self.groups, self.group_channels, H, W))
+        hk, wk = offset.shape[2:]
+        f = self.offset_range_factor
+        bounded = f > 0 if self.generation == "v1" else f >= 0
+        if bounded:
+            if self.generation == "v1":
+                span = (1.0 / hk, 1.0 / wk)
+            else:
+                span = (1.0 / max(hk - 1, 1), 1.0 / max(wk - 1, 1))
+            squashed = offset.tanh()
+            offset = squashed * offset.new_tensor(span).view(1, 2, 1, 1) * f
+        offset = offset.permute(0, 2, 3, 1)
+        ref = reference_points(hk, wk, self.generation, q.dtype, q.device)
+        pos = offset + ref
+        if f < 0:
+            if self.generation == "v1":
+                pos = pos.tanh()
+                saturated = pos.detach().abs().amax(-1) > SATURATION_LEVEL
+            else:
+                saturated = pos.detach().abs().amax(-1) >= 1.0
+                pos = pos.clamp(-1.0, 1.0)
+        elif bounded:
+            saturated = squashed.detach().abs().amax(1) > SATURATION_LEVEL
+        else:
+            saturated = torch.zeros_like(pos[..., 0], dtype=torch.bool)
+        return pos, ref, saturated
+
+    def _position_bias(self, pos: torch.Tensor, H: int, W: int, B: int) -> torch.Tensor:
+        """``[B, heads, H*W, Ns]`` bias sampled from ``rpe_table`` at the query-key displacement."""
+        ns = pos.shape[1] * pos.shape[2]
+        qg = query_grid(H, W, self.generation, pos.dtype, pos.device).view(1, H * W, 1, 2)
+        disp = (qg - pos.reshape(B * self.groups, 1, ns, 2)).mul(0.5)  # [B*g, HW, Ns, 2]
+        # One grid_sample per group over all batch elements: the table is never copied per image.
+        disp = disp.view(B, self.groups, H * W, ns, 2).transpose(0, 1)
+        disp = disp.reshape(self.groups, B * H * W, ns, 2)
+        table = self.rpe_table.view(self.groups, self.group_heads, *self.rpe_table.shape[1:])
+        bias = F.grid_sample(table.to(pos.dtype), disp.flip(-1), mode="bilinear",
+                             align_corners=True)  # [g, hg, B*HW, Ns]
+        bias = bias.view(self.groups, self.group_heads, B, H * W, ns).permute(2, 0, 1, 3, 4)
+        return bias.reshape(B, self.heads, H * W, ns)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, C, H, W]``."""
+        B, C, H, W = x.shape
+        q = self.proj_q(x)
+        pos, ref, saturated = self._sampling_points(q)
+        hk, wk = pos.shape[1:3]
+        ns = hk * wk
+        sampled = F.grid_sample(x.reshape(B * self.groups, self.group_channels, H, W),
+                                pos.flip(-1), mode="bilinear", align_corners=True)
+        sampled = sampled.reshape(B, C, 1, ns)
+        k = self.proj_k(sampled).view(B, self.heads, self.head_dim, ns).transpose(2, 3)
+        v = self.proj_v(sampled).view(B, self.heads, self.head_dim, ns).transpose(2, 3)
+        qh = q.reshape(B, self.heads, self.head_dim, H * W).transpose(2, 3)
+        bias = self._position_bias(pos, H, W, B) if self.rpe_table is not None else None
+        attn_probs = None
+        if self.record_offsets and self.record_attention:
+            logits = qh @ k.transpose(2, 3) * self.scale
+            if bias is not None:
+                logits = logits + bias
+            attn_probs = logits.softmax(-1)
+            out = F.dropout(attn_probs, self.attn_drop, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                qh, k, v, attn_mask=bias, scale=self.scale,
+                dropout_p=self.attn_drop if self.training else 0.0)
+        out = out.transpose(2, 3).reshape(B, C, H, W)
+        if self.record_offsets:
+            shape = (B, self.groups, hk, wk)
+            self.last_record = DeformableRecord(
+                pos=pos.detach().view(*shape, 2),
+                ref=ref.detach().expand(*shape, 2),
+                saturated=saturated.view(shape),
+                fmap_size=(H, W),
+                generation=self.generation,
+                offset_range_factor=self.offset_range_factor,
+                attn=None if attn_probs is None else attn_probs.detach(),
+            )
+        return self.proj_drop(self.proj_out(out))

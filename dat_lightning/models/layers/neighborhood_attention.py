@@ -1,0 +1,128 @@
+"""Neighborhood attention (DAT++ ``N`` blocks) in plain PyTorch, with natten 0.14 semantics.
+
+For dilation 1 and an odd kernel ``k``, query ``(i, j)`` attends to the ``k x k`` keys whose top-left
+corner is ``(clamp(i - k//2, 0, H - k), clamp(j - k//2, 0, W - k))``: windows at the border shift
+inwards instead of being truncated. The relative position bias ``rpb[head, 2k-1, 2k-1]`` is read at
+``(key_row - query_row + k - 1, key_col - query_col + k - 1)``.
+
+The computation is blocked: the query map is cut into ``tile x tile`` tiles, each tile gathers the
+``(tile + k - 1)^2`` keys that cover all of its windows, and a precomputed additive mask (bias inside
+each query's window, ``-inf`` outside) turns the tile into one dense ``scaled_dot_product_attention``
+call. Nothing of size ``(HW x HW)`` or ``(HW x k^2 x C)`` is materialised.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def window_starts(size: int, kernel_size: int, num_queries: int, device: torch.device) -> torch.Tensor:
+    """First key index of the window of each of ``num_queries`` queries along an axis of ``size``."""
+    idx = torch.arange(num_queries, device=device)
+    return (idx - kernel_size // 2).clamp(0, size - kernel_size)
+
+
+def _axis_layout(size: int, kernel_size: int, tile: int, device: torch.device):
+    """Per-axis tiling: key indices gathered per tile, membership and bias offsets per query/slot."""
+    num_tiles = -(-size // tile)
+    span = tile + kernel_size - 1
+    starts = window_starts(size, kernel_size, num_tiles * tile, device).view(num_tiles, tile)
+    tile_first_key = starts[:, 0]  # windows start monotonically, so the first query's is the lowest
+    slots = tile_first_key[:, None] + torch.arange(span, device=device)  # [T, span] key index
+    member = (slots[:, None, :] >= starts[:, :, None]) & (
+        slots[:, None, :] < starts[:, :, None] + kernel_size
+    )  # [T, tile, span]
+    query = (torch.arange(num_tiles * tile, device=device)).view(num_tiles, tile)
+    rel = (slots[:, None, :] - query[:, :, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
+    return num_tiles, span, slots.clamp(max=size - 1), member, rel
+
+
+def neighborhood_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor | None, kernel_size: int,
+    tile: int = 7, scale: float | None = None, dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Neighborhood attention over ``[B, heads, H, W, head_dim]`` maps (``H, W >= kernel_size``).
+
+    Returns ``[B, heads, H, W, head_dim]``. ``rpb`` is ``[heads, 2k-1, 2k-1]`` or ``None``.
+    """
+    B, nh, H, W, hd = q.shape
+    if H < kernel_size or W < kernel_size:
+        raise ValueError(
+            f"neighborhood_attention needs maps of at least kernel_size={kernel_size} per side, got "
+            f"{H}x{W}; pad the input first (NeighborhoodAttention2d does this for you)."
+        )
+    tile_h, tile_w = min(tile, H), min(tile, W)
+    device = q.device
+    nth, span_h, rows, mem_h, rel_h = _axis_layout(H, kernel_size, tile_h, device)
+    ntw, span_w, cols, mem_w, rel_w = _axis_layout(W, kernel_size, tile_w, device)
+
+    # Additive mask [heads, nth, ntw, tile_h*tile_w, span_h*span_w].
+    member = mem_h[:, None, :, None, :, None] & mem_w[None, :, None, :, None, :]
+    if rpb is None:
+        bias = torch.zeros((), dtype=q.dtype, device=device).expand(nh, *member.shape)
+    else:
+        bias = rpb[:, rel_h[:, None, :, None, :, None], rel_w[None, :, None, :, None, :]]
+    mask = bias.masked_fill(~member, float("-inf")).reshape(
+        nh, nth, ntw, tile_h * tile_w, span_h * span_w
+    ).to(q.dtype)
+
+    # Queries: pad to whole tiles, then cut into tiles.
+    pad_h, pad_w = nth * tile_h - H, ntw * tile_w - W
+    qp = F.pad(q, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else q
+    qt = qp.view(B, nh, nth, tile_h, ntw, tile_w, hd).transpose(3, 4)
+    qt = qt.reshape(B, nh, nth, ntw, tile_h * tile_w, hd)
+
+    def gather(t: torch.Tensor) -> torch.Tensor:
+        t = t.index_select(2, rows.reshape(-1)).view(B, nh, nth, span_h, W, hd)
+        t = t.index_select(4, cols.reshape(-1)).view(B, nh, nth, span_h, ntw, span_w, hd)
+        return t.transpose(3, 4).reshape(B, nh, nth, ntw, span_h * span_w, hd)
+
+    out = F.scaled_dot_product_attention(qt, gather(k), gather(v), attn_mask=mask, scale=scale,
+                                         dropout_p=dropout_p)
+    out = out.view(B, nh, nth, ntw, tile_h, tile_w, hd).transpose(3, 4)
+    out = out.reshape(B, nh, nth * tile_h, ntw * tile_w, hd)
+    return out[:, :, :H, :W] if pad_h or pad_w else out
+
+
+class NeighborhoodAttention2d(nn.Module):
+    """DAT++ ``N`` block attention; parameter names match natten 0.14's ``NeighborhoodAttention2D``.
+
+    Maps smaller than the kernel are zero-padded (bottom/right) before the qkv projection and
+    cropped back before the output projection, as natten 0.14 does.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, num_heads: int, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0, tile: int = 7) -> None:
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"neighborhood attention needs an odd kernel size, got {kernel_size}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.kernel_size = kernel_size
+        self.tile = tile
+        self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+        nn.init.trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, H, W]`` -> ``[B, C, H, W]``."""
+        B, C, H, W = x.shape
+        x = x.permute(0, 2, 3, 1)
+        pad_b, pad_r = max(0, self.kernel_size - H), max(0, self.kernel_size - W)
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+        qkv = self.qkv(x).view(B, Hp, Wp, 3, self.num_heads, self.head_dim).permute(3, 0, 4, 1, 2, 5)
+        out = neighborhood_attention(qkv[0], qkv[1], qkv[2], self.rpb, self.kernel_size,
+                                     tile=self.tile, scale=self.scale,
+                                     dropout_p=self.attn_drop if self.training else 0.0)
+        out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, C)
+        if pad_b or pad_r:
+            out = out[:, :H, :W]
+        return self.proj_drop(self.proj(out)).permute(0, 3, 1, 2)
