@@ -1,5 +1,6 @@
-"""DAT and DAT++ backbones and task heads."""
+"""DAT and DAT++ backbones (registered with timm on import) and task heads."""
 
-from .dat import DAT, OFFICIAL_CONFIGS, DATStage, from_official_config
+from .dat import DAT, OFFICIAL_CONFIGS, DATFeatures, DATStage, from_official_config, official_kwargs
 
-__all__ = ["DAT", "OFFICIAL_CONFIGS", "DATStage", "from_official_config"]
+__all__ = ["DAT", "OFFICIAL_CONFIGS", "DATFeatures", "DATStage", "from_official_config",
+           "official_kwargs"]

@@ -18,7 +18,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import FeatureInfo
 from torch.utils.checkpoint import checkpoint
 
 from .layers import (
@@ -31,7 +34,8 @@ from .layers import (
 )
 from .official_configs import OFFICIAL_CONFIGS
 
-__all__ = ["DAT", "OFFICIAL_CONFIGS", "DATStage", "from_official_config"]
+__all__ = ["DAT", "OFFICIAL_CONFIGS", "DATFeatures", "DATStage", "from_official_config",
+           "official_kwargs"]
 
 BLOCK_TYPES = {"L": "local window", "S": "shifted window", "D": "deformable",
                "N": "neighborhood"}
@@ -46,6 +50,23 @@ class LayerScale2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.weight.view(-1, 1, 1)
+
+
+class _PatchMergeConv(nn.Conv2d):
+    """DAT v1 2x2/stride-2 down-sampling conv that also accepts 1-pixel-wide maps.
+
+    Odd sizes are floored like the official code; a map with a side of 1 (inputs below 64 px) is
+    zero-padded to 2 on that side instead of failing.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int) -> None:
+        super().__init__(in_chs, out_chs, 2, 2, 0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_b, pad_r = int(x.shape[2] < 2), int(x.shape[3] < 2)
+        if pad_b or pad_r:
+            x = F.pad(x, (0, pad_r, 0, pad_b))
+        return super().forward(x)
 
 
 class DATStage(nn.Module):
@@ -128,6 +149,20 @@ class DATStage(nn.Module):
                 y = self.layer_scales[2 * d + 1](y)
             x = x + self.drop_path[d](y)
         return x
+
+
+def iter_stage_outputs(x: torch.Tensor, stages: nn.ModuleList, down_projs: nn.ModuleList,
+                       last: int, grad_checkpointing: bool = False):
+    """Run stem output ``x`` through ``stages[0..last]``, yielding ``(i, map)`` before each
+    down-sampling; with ``grad_checkpointing`` each stage is recomputed in the backward pass."""
+    for i in range(last + 1):
+        if grad_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(stages[i], x, use_reentrant=False)
+        else:
+            x = stages[i](x)
+        yield i, x
+        if i < last:
+            x = down_projs[i](x)
 
 
 def _four(value: Any, name: str) -> list:
@@ -262,7 +297,7 @@ class DAT(nn.Module):
             if use_conv_patches:
                 conv = nn.Conv2d(dims[i], dims[i + 1], 3, 2, 1, bias=False)
             else:
-                conv = nn.Conv2d(dims[i], dims[i + 1], 2, 2, 0, bias=False)
+                conv = _PatchMergeConv(dims[i], dims[i + 1])
             self.down_projs.append(nn.Sequential(conv, LayerNorm2d(dims[i + 1])))
 
         self.cls_norm = LayerNorm2d(dims[-1])
@@ -316,10 +351,10 @@ class DAT(nn.Module):
         return [(n, m) for n, m in self.named_modules() if isinstance(m, DeformableAttention)]
 
     # --- forward -------------------------------------------------------------------------------
-    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return checkpoint(self.stages[i], x, use_reentrant=False)
-        return self.stages[i](x)
+    def _stage_outputs(self, x: torch.Tensor, last: int = 3):
+        """Yield ``(i, map)`` for stages ``0..last`` (before down-sampling) from an image batch."""
+        yield from iter_stage_outputs(self.patch_proj(x), self.stages, self.down_projs, last,
+                                      self.grad_checkpointing)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None,
                               norm: bool = False, stop_early: bool = False,
@@ -337,27 +372,18 @@ class DAT(nn.Module):
             take = list(range(4 - indices, 4))
         else:
             take = [i % 4 for i in indices]
-        last = max(take) if stop_early else 3
-        x = self.patch_proj(x)
         intermediates = []
-        for i in range(last + 1):
-            x = self._run_stage(i, x)
+        for i, fmap in self._stage_outputs(x, max(take) if stop_early else 3):
             if i in take:
-                intermediates.append(self.cls_norm(x) if (norm and i == 3) else x)
-            if i < 3 and i < last:
-                x = self.down_projs[i](x)
+                intermediates.append(self.cls_norm(fmap) if (norm and i == 3) else fmap)
         if intermediates_only:
             return intermediates
-        return self.cls_norm(x), intermediates
+        return self.cls_norm(fmap), intermediates
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised last-stage map ``[B, C, H/32, W/32]``."""
-        x = self.patch_proj(x)
-        for i in range(4):
-            x = self._run_stage(i, x)
-            if i < 3:
-                x = self.down_projs[i](x)
-        return self.cls_norm(x)
+        *_, (_, last) = self._stage_outputs(x)
+        return self.cls_norm(last)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool and classify; ``pre_logits=True`` returns the pooled features."""
@@ -377,13 +403,11 @@ _IGNORED_OFFICIAL = {"sr_ratios", "ns_per_pts", "heads_q", "ksize_qnas", "nqs", 
                      "lower_lr_kvs"}
 
 
-def from_official_config(kwargs: dict, generation: str | None = None, **overrides: Any) -> DAT:
-    """Build a :class:`DAT` from the official constructor settings (the ``MODEL.DAT`` yaml block).
-
-    ``generation`` is inferred when not given: DAT++ configs carry ``use_lpus``/``nat_ksizes`` or
-    ``N`` blocks. ``overrides`` replace individual settings (e.g. ``num_classes=10``).
-    """
-    kwargs = dict(kwargs)
+def official_kwargs(config: dict, generation: str | None = None) -> dict:
+    """Translate official constructor settings (the ``MODEL.DAT`` yaml block) to :class:`DAT`
+    arguments. ``generation`` is inferred when not given: DAT++ configs carry
+    ``use_lpus``/``nat_ksizes`` or ``N`` blocks."""
+    kwargs = dict(config)
     if generation is None:
         is_pp = ("use_lpus" in kwargs or "nat_ksizes" in kwargs
                  or any("N" in s for s in kwargs.get("stage_spec", [])))
@@ -395,5 +419,116 @@ def from_official_config(kwargs: dict, generation: str | None = None, **override
                              f"(every official preset uses {supported}); remove it from the config")
     for key in _IGNORED_OFFICIAL:
         kwargs.pop(key, None)
-    kwargs.update(overrides)
-    return DAT(generation=generation, **kwargs)
+    return dict(kwargs, generation=generation)
+
+
+def from_official_config(config: dict, generation: str | None = None, **overrides: Any) -> DAT:
+    """Build a :class:`DAT` from the official constructor settings; ``overrides`` replace single
+    settings (e.g. ``num_classes=10``)."""
+    return DAT(**{**official_kwargs(config, generation), **overrides})
+
+
+class DATFeatures(nn.Module):
+    """Multi-scale feature maps of a :class:`DAT`, laid out like the official dense-prediction
+    backbone (``patch_proj``, ``stages``, ``norms``, ``down_projs``): one output LayerNorm per
+    returned map, no classifier. Used by ``timm.create_model(..., features_only=True)``.
+
+    Args:
+        model: the DAT to take the stem and stages from.
+        out_indices: stages to return (0..3, strides 4/8/16/32); later stages are dropped.
+    """
+
+    def __init__(self, model: DAT, out_indices: Sequence[int] = (0, 1, 2, 3), **_: Any) -> None:
+        super().__init__()
+        self.out_indices = tuple(i % 4 for i in out_indices)
+        last = max(self.out_indices)
+        self.grad_checkpointing = model.grad_checkpointing
+        self.patch_proj = model.patch_proj
+        self.stages = model.stages[:last + 1]
+        self.norms = nn.ModuleList(
+            LayerNorm2d(model.feature_info[i]["num_chs"]) if i in self.out_indices
+            else nn.Identity() for i in range(last + 1))
+        self.down_projs = model.down_projs[:last]
+        self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage in the backward pass to save activation memory."""
+        self.grad_checkpointing = enable
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Image batch -> list of ``[B, C_i, H/s_i, W/s_i]`` maps for ``out_indices``."""
+        outputs = iter_stage_outputs(self.patch_proj(x), self.stages, self.down_projs,
+                                     len(self.stages) - 1, self.grad_checkpointing)
+        return [self.norms[i](y) for i, y in outputs if i in self.out_indices]
+
+
+def _pretrained_cfg(variant: str) -> dict:
+    size = 384 if variant.endswith("_384") else 224
+    return dict(
+        url="", num_classes=1000, input_size=(3, size, size), pool_size=(size // 32, size // 32),
+        crop_pct=1.0 if size == 384 else 0.875, crop_mode="center", interpolation="bicubic",
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_proj.0",
+        classifier="cls_head", license="apache-2.0",
+    )
+
+
+default_cfgs = generate_default_cfgs({f"{name}.in1k": _pretrained_cfg(name)
+                                      for name in OFFICIAL_CONFIGS})
+
+
+def _create_dat(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    model_kwargs = {**official_kwargs(OFFICIAL_CONFIGS[variant]), **kwargs}
+    return build_model_with_cfg(
+        DAT, variant, pretrained,
+        feature_cfg=dict(feature_cls=DATFeatures, out_indices=(0, 1, 2, 3)),
+        **model_kwargs,
+    )
+
+
+@register_model
+def dat_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DAT-T (28M params, ImageNet-1K 82.0 top-1 at 224)."""
+    return _create_dat("dat_tiny", pretrained, **kwargs)
+
+
+@register_model
+def dat_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DAT-S (ImageNet-1K 83.7 top-1 at 224)."""
+    return _create_dat("dat_small", pretrained, **kwargs)
+
+
+@register_model
+def dat_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DAT-B (ImageNet-1K 84.0 top-1 at 224)."""
+    return _create_dat("dat_base", pretrained, **kwargs)
+
+
+@register_model
+def dat_base_384(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DAT-B at 384 (ImageNet-1K 84.8 top-1)."""
+    return _create_dat("dat_base_384", pretrained, **kwargs)
+
+
+@register_model
+def dat_pp_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DAT-T++ (24M params, ImageNet-1K 83.9 top-1 at 224)."""
+    return _create_dat("dat_pp_tiny", pretrained, **kwargs)
+
+
+@register_model
+def dat_pp_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DAT-S++ (ImageNet-1K 84.6 top-1 at 224)."""
+    return _create_dat("dat_pp_small", pretrained, **kwargs)
+
+
+@register_model
+def dat_pp_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DAT-B++ (ImageNet-1K 84.9 top-1 at 224)."""
+    return _create_dat("dat_pp_base", pretrained, **kwargs)
+
+
+@register_model
+def dat_pp_base_384(pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """DAT-B++ at 384 (ImageNet-1K 85.9 top-1; built at img_size 224 like the official config)."""
+    return _create_dat("dat_pp_base_384", pretrained, **kwargs)
