@@ -12,9 +12,9 @@ from dat_lightning.models.layers import (
     DeformableAttention,
     NeighborhoodAttention2d,
     WindowAttention,
-    neighborhood_attention,
 )
 from dat_lightning.models.layers.deformable_attention import query_grid, reference_points
+from dat_lightning.models.layers.neighborhood_attention import neighborhood_attention
 
 
 def loop_neighborhood_attention(q, k, v, rpb, kernel):

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import FeatureInfo
@@ -33,6 +34,7 @@ from .layers import (
     WindowAttention,
 )
 from .official_configs import OFFICIAL_CONFIGS
+from .weights import WEIGHTS, download_file
 
 __all__ = ["DAT", "OFFICIAL_CONFIGS", "DATFeatures", "DATStage", "from_official_config",
            "official_kwargs"]
@@ -464,26 +466,52 @@ class DATFeatures(nn.Module):
 
 
 def _pretrained_cfg(variant: str) -> dict:
-    size = 384 if variant.endswith("_384") else 224
+    weights = WEIGHTS[f"{variant}.in1k"]
+    size = weights.input_size[-1]
     return dict(
-        url="", num_classes=1000, input_size=(3, size, size), pool_size=(size // 32, size // 32),
-        crop_pct=1.0 if size == 384 else 0.875, crop_mode="center", interpolation="bicubic",
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_proj.0",
-        classifier="cls_head", license="apache-2.0",
+        url=weights.url, num_classes=1000, input_size=weights.input_size,
+        pool_size=(size // 32, size // 32), crop_pct=weights.crop_pct, crop_mode="center",
+        interpolation=weights.interpolation, mean=weights.mean, std=weights.std,
+        first_conv="patch_proj.0", classifier="cls_head", license="apache-2.0",
+        origin_url="https://github.com/LeapLabTHU/DAT",
+        notes=(f"file {weights.file_name}", f"ImageNet-1K top-1 {weights.top1}",
+               f"mirror {weights.mirror}"),
     )
 
 
-default_cfgs = generate_default_cfgs({f"{name}.in1k": _pretrained_cfg(name)
-                                      for name in OFFICIAL_CONFIGS})
+default_cfgs = generate_default_cfgs({name: _pretrained_cfg(name.split(".")[0])
+                                      for name in WEIGHTS})
+
+
+def _pretrained_source(cfg: dict) -> str | Path:
+    """The checkpoint a timm ``pretrained_cfg`` points at: its ``file``, else its ``url``
+    (downloaded once into the hub cache under the registered file name or the URL's)."""
+    if cfg.get("file"):
+        return cfg["file"]
+    name = f"{cfg['architecture']}.{cfg['tag']}"
+    if name in WEIGHTS and cfg.get("url") == WEIGHTS[name].url:
+        return name
+    if cfg.get("url"):
+        return download_file(cfg["url"], Path(urlsplit(cfg["url"]).path).name or f"{name}.pth")
+    raise ValueError(f"pretrained_cfg of {name} has neither 'file' nor 'url'; pass "
+                     "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth')")
 
 
 def _create_dat(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a preset (features wrapper included); pretrained weights go through
+    :func:`~dat_lightning.models.checkpoint.load_checkpoint`, which resizes position tables,
+    re-initialises a classifier of another size and reports what it did."""
+    from .checkpoint import load_checkpoint  # checkpoint.py imports this module
+
     model_kwargs = {**official_kwargs(OFFICIAL_CONFIGS[variant]), **kwargs}
-    return build_model_with_cfg(
-        DAT, variant, pretrained,
+    model = build_model_with_cfg(
+        DAT, variant, pretrained=False,
         feature_cfg=dict(feature_cls=DATFeatures, out_indices=(0, 1, 2, 3)),
         **model_kwargs,
     )
+    if pretrained:
+        load_checkpoint(model, _pretrained_source(model.pretrained_cfg))
+    return model
 
 
 @register_model

@@ -2,7 +2,7 @@
 
 from .deformable_attention import DeformableAttention, DeformableRecord
 from .mlp import ConvMLP, TransformerMLP
-from .neighborhood_attention import NeighborhoodAttention2d, neighborhood_attention
+from .neighborhood_attention import NeighborhoodAttention2d
 from .norm import LayerNorm2d
 from .window_attention import WindowAttention
 
@@ -14,5 +14,4 @@ __all__ = [
     "NeighborhoodAttention2d",
     "TransformerMLP",
     "WindowAttention",
-    "neighborhood_attention",
 ]

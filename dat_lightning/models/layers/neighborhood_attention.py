@@ -26,7 +26,7 @@ def window_starts(size: int, kernel_size: int, num_queries: int, device: torch.d
 
 def _axis_layout(size: int, kernel_size: int, tile: int, device: torch.device):
     """Per-axis tiling: key indices gathered per tile, membership and bias offsets per query/slot."""
-    num_tiles = -(-size // tile)
+    num_tiles = (size + tile - 1) // tile  # not -(-a // b): traced sizes round towards zero
     span = tile + kernel_size - 1
     starts = window_starts(size, kernel_size, num_tiles * tile, device).view(num_tiles, tile)
     tile_first_key = starts[:, 0]  # windows start monotonically, so the first query's is the lowest
