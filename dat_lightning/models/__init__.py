@@ -9,10 +9,13 @@ import torch.nn as nn
 
 from .checkpoint import CheckpointError, LoadReport, load_checkpoint
 from .dat import DAT, OFFICIAL_CONFIGS, DATFeatures, DATStage, from_official_config, official_kwargs
+from .detection import DETECTOR_OUT_INDICES, DATFPNBackbone, build_detector
+from .heads import FCNHead, SemanticFPNHead, UperNetHead
 from .weights import WEIGHTS, PretrainedWeights, WeightsDownloadError, get_weights, list_weights
 
-__all__ = ["DAT", "OFFICIAL_CONFIGS", "WEIGHTS", "CheckpointError", "DATFeatures", "DATStage",
-           "LoadReport", "PretrainedWeights", "WeightsDownloadError", "create_backbone",
+__all__ = ["DAT", "DETECTOR_OUT_INDICES", "OFFICIAL_CONFIGS", "WEIGHTS", "CheckpointError",
+           "DATFPNBackbone", "DATFeatures", "DATStage", "FCNHead", "LoadReport", "PretrainedWeights",
+           "SemanticFPNHead", "UperNetHead", "WeightsDownloadError", "build_detector", "create_backbone",
            "from_official_config", "get_weights", "list_weights", "load_checkpoint",
            "official_kwargs"]
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import timm
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import OptimizerCallable
 
 from .optim import SCHEDULES, build_lr_scheduler, param_groups
@@ -31,7 +32,8 @@ class BaseTask(LightningModule, ABC):
     per optimizer step (correct under gradient accumulation). All groups exist from the start,
     frozen ones with LR 0 and ``requires_grad=False``, so a checkpoint saved before or after an
     unfreeze resumes with matching optimizer state. Each group's LR is logged as
-    ``lr_<group name>``. Subclasses that override :meth:`configure_optimizers`,
+    ``lr_<group name>`` (left to a :class:`~lightning.pytorch.callbacks.LearningRateMonitor`
+    when the trainer has one, as the CLI does). Subclasses that override :meth:`configure_optimizers`,
     :meth:`on_train_batch_start` or :meth:`on_train_end` must call ``super()``.
 
     Args:
@@ -114,6 +116,11 @@ class BaseTask(LightningModule, ABC):
         """Name prefixes of parameters the optimizer must not receive (e.g. an EMA copy)."""
         return ()
 
+    @property
+    def checkpoint_monitor(self) -> tuple[str, str]:
+        """The validation metric that picks the best checkpoint, and ``"min"``/``"max"``."""
+        return ("val_loss", "min")
+
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
         """Optimizer over :func:`param_groups` and a per-step LR scheduler (see the class doc).
@@ -168,8 +175,10 @@ class BaseTask(LightningModule, ABC):
         state = (step < self._frozen_steps[0], step < self._frozen_steps[1])
         if state != self._frozen:
             self._set_frozen(*state)
-        groups = self.trainer.optimizers[0].param_groups
-        self.log_dict({f"lr_{g['name']}": g["lr"] for g in groups}, on_step=True, on_epoch=False)
+        if not any(isinstance(cb, LearningRateMonitor) for cb in self.trainer.callbacks):
+            groups = self.trainer.optimizers[0].param_groups
+            self.log_dict({f"lr_{g['name']}": g["lr"] for g in groups}, on_step=True,
+                          on_epoch=False)
 
     def on_train_end(self) -> None:
         """Leave every parameter trainable after fitting."""

@@ -151,6 +151,11 @@ class ClassificationTask(BaseTask):
         """The EMA copy is not optimized."""
         return ("model_ema.",)
 
+    @property
+    def checkpoint_monitor(self) -> tuple[str, str]:
+        """Best checkpoint by top-1 accuracy (multi-label: mean average precision)."""
+        return ("val_map" if self.hparams.multi_label else "val_acc1", "max")
+
     # --- forward -----------------------------------------------------------------------------
     @property
     def eval_model(self) -> nn.Module:
@@ -183,7 +188,7 @@ class ClassificationTask(BaseTask):
         loss = self.criterion(logits, target)
         batch_size = image.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=batch_size)
+                 batch_size=batch_size, sync_dist=True)
         self._update_metrics(self.train_metrics, logits, label)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
@@ -195,8 +200,9 @@ class ClassificationTask(BaseTask):
         loss = self.eval_criterion(logits, target)
         metrics = self.val_metrics if split == "val" else self.test_metrics
         self._update_metrics(metrics, logits, label)
-        self.log(f"{split}_loss", loss, prog_bar=split == "val", batch_size=image.shape[0])
-        self.log_dict(metrics, batch_size=image.shape[0])
+        self.log(f"{split}_loss", loss, prog_bar=split == "val", batch_size=image.shape[0],
+                 sync_dist=True)
+        self.log_dict(metrics, prog_bar=split == "val", batch_size=image.shape[0])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Loss and metrics on hard labels with the evaluation weights."""

@@ -1,0 +1,129 @@
+"""Model throughput and peak memory: DAT presets side by side with timm's Swin-T and ConvNeXt-T.
+
+Each (model, mode) runs in a fresh subprocess so peak memory is its own. Forward is eval mode
+under ``torch.no_grad()``; train is forward + backward in train mode. Results are printed as a
+markdown table with ratios to the first reference model (Swin-T), because absolute figures on
+shared machines drift.
+
+    python benchmarks/model_throughput.py                        # CPU, fp32, batch 8 at 224
+    python benchmarks/model_throughput.py --device cuda --dtype bf16 --batch 64
+    python benchmarks/model_throughput.py --models dat_tiny --grad-checkpointing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+DEFAULT_MODELS = ["swin_tiny_patch4_window7_224", "convnext_tiny", "dat_tiny", "dat_pp_tiny"]
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure(model_name: str, mode: str, args: argparse.Namespace) -> dict:
+    """Run one measurement in this process and return its figures."""
+    import timm
+    import torch
+
+    import dat_lightning  # noqa: F401  (registers the DAT presets)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = timm.create_model(model_name, num_classes=1000).to(device)
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        model = torch.compile(model)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    def step() -> None:
+        with autocast:
+            if mode == "forward":
+                with torch.no_grad():
+                    model(x)
+            else:
+                model(x).float().square().mean().backward()
+
+    model.train(mode == "train")
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    base_rss = _rss_mib()
+    start = time.perf_counter()
+    for _ in range(args.iters):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:  # peak resident memory above the steady state before the timed loop
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base_rss
+    return dict(model=model_name, mode=mode, images_per_s=args.batch * args.iters / elapsed,
+                peak_mib=peak)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--modes", nargs="+", default=["forward", "train"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(measure(*args.worker, args)))
+        return
+    rows = []
+    passthrough = sys.argv[1:]
+    for name in args.models:
+        row = {"model": name}
+        for mode in args.modes:
+            out = subprocess.run([sys.executable, __file__, *passthrough, "--worker", name, mode],
+                                 check=True, capture_output=True, text=True).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            row[mode] = result["images_per_s"]
+            row[f"{mode}_mib"] = result["peak_mib"]
+        rows.append(row)
+        print(f"measured {name}", file=sys.stderr)
+    ref = rows[0]
+    header = "| model | " + " | ".join(
+        f"{m} img/s | {m} x ref | {m} peak MiB | {m} mem x ref" for m in args.modes) + " |"
+    print(f"\nbatch {args.batch}, {args.size}px, {args.dtype}, {args.device}, {args.threads} threads,"
+          f" reference = {ref['model']}\n")
+    print(header)
+    print("|" + " --- |" * (1 + 4 * len(args.modes)))
+    for row in rows:
+        cells = []
+        for m in args.modes:
+            cells += [f"{row[m]:.2f}", f"{row[m] / ref[m]:.2f}", f"{row[f'{m}_mib']:.0f}",
+                      f"{row[f'{m}_mib'] / max(ref[f'{m}_mib'], 1e-9):.2f}"]
+        print(f"| {row['model']} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
