@@ -4,12 +4,14 @@ resume, prediction files, config saving and the console scripts."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision.datasets as tvd
@@ -22,6 +24,7 @@ from datamodules_fakes import (
     write_image_folder,
     write_pets,
 )
+from PIL import Image
 
 from dat_lightning.cli import cli
 from datamodules.class_names import CIFAR10_CLASSES, CIFAR100_CLASSES, OXFORD_PETS_CLASSES
@@ -188,3 +191,30 @@ def test_digits_recipe_reaches_95_percent(tmp_path):
     run = cli(["fit", *_digits_args(tmp_path)])
     assert run.trainer.current_epoch == run.trainer.max_epochs
     assert float(run.trainer.callback_metrics["val_acc1"]) >= 0.95
+
+
+@pytest.mark.parametrize("recipe", ["ade20k_upernet_dat", "coco_maskrcnn_dat"])
+def test_predict_writes_masks_and_detections(recipe, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    extra = SETUPS[recipe](tmp_path / "data", monkeypatch)
+    out = tmp_path / "predictions"
+    run = cli(["predict", "--config", str(REPO / "recipes" / f"{recipe}.yaml"), *FAST,
+               "--model.init_args.weights", "null", "--data.init_args.image_size", "64",
+               "--prediction_writer.output_dir", str(out), *extra])
+    samples = [run.datamodule.predict_dataset[i] for i in range(2)]  # the one fast_dev_run batch
+    ids = [Path(sample["id"]).stem for sample in samples]
+    assert not list(out.rglob("*.partial*"))
+    if "ade20k" in recipe:
+        masks = sorted(out.glob("masks/*.png"))
+        assert [p.stem for p in masks] == sorted(ids)
+        for path, sample in zip(masks, sorted(samples, key=lambda s: Path(s["id"]).stem)):
+            mask = np.array(Image.open(path))
+            assert mask.shape == tuple(sample["image"].shape[1:])  # full input resolution
+            assert mask.max() < run.model.hparams.num_classes
+    else:
+        detections = json.loads((out / "detections.json").read_text())
+        assert isinstance(detections, list)
+        for det in detections:
+            assert set(det) == {"image_id", "category_id", "bbox", "score"}
+            assert len(det["bbox"]) == 4 and det["bbox"][2] >= 0 and det["bbox"][3] >= 0
+            assert 1 <= det["category_id"] <= run.model.hparams.num_classes
