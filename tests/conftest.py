@@ -6,9 +6,19 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = Path(os.environ.get("DAT_OFFICIAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine multi-threaded CPU ops stall under load."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -28,13 +28,7 @@ STATS = ["mean_abs_cells", "std_abs_cells", "max_abs_cells", "mean_abs_px", "std
          "saturated", "outside", "spread", "attn_entropy"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine multi-threaded CPU ops stall under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Images(Dataset):

@@ -9,14 +9,7 @@ import torch
 
 from dat_lightning.visualization import plot_sampling_points
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine multi-threaded CPU ops stall under load."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def plotted(fig, gid: str) -> list[np.ndarray]:
