@@ -1,5 +1,6 @@
 """Building blocks of the DAT and DAT++ backbones."""
 
+from .attention import biased_attention
 from .deformable_attention import DeformableAttention, DeformableRecord
 from .mlp import ConvMLP, TransformerMLP
 from .neighborhood_attention import NeighborhoodAttention2d
@@ -14,4 +15,5 @@ __all__ = [
     "NeighborhoodAttention2d",
     "TransformerMLP",
     "WindowAttention",
+    "biased_attention",
 ]

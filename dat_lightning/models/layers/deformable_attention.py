@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import biased_attention
 from .norm import LayerNorm2d
 
 SATURATION_LEVEL = 0.99  # |tanh| above this counts as saturated in v1's bounded modes
@@ -150,10 +151,23 @@ class DeformableAttention(nn.Module):
         self.last_record: DeformableRecord | None = None
 
     def _sampling_points(self, q: torch.Tensor):
-        """Offsets -> (pos, ref, saturated), each ``[B*groups, Hk, Wk, (2)]``."""
-        B, _, H, W = q.shape
-        offset = self.conv_offset(q.reshape(B * self.groups, self.group_channels, H, W))
+        """Channels-last queries ``[B, H, W, C]`` -> (pos, ref, saturated), each
+        ``[B*groups, Hk, Wk, (2)]``.
+
+        The grouped offset network runs as one depthwise conv over all channels (its weights
+        repeated per group) followed by token-wise LayerNorm/GELU/linear, so the queries are never
+        regrouped channels-first; the arithmetic per channel is that of ``conv_offset``.
+        """
+        B, _, _, C = q.shape
+        dwc, norm, act, pwc = self.conv_offset
+        offset = F.conv2d(q.permute(0, 3, 1, 2), dwc.weight.repeat(self.groups, 1, 1, 1),
+                          dwc.bias.repeat(self.groups), dwc.stride, dwc.padding, groups=C)
         hk, wk = offset.shape[2:]
+        offset = offset.permute(0, 2, 3, 1).reshape(B, hk, wk, self.groups, self.group_channels)
+        offset = act(F.layer_norm(offset, norm.norm.normalized_shape, norm.norm.weight,
+                                  norm.norm.bias, norm.norm.eps))
+        offset = F.linear(offset, pwc.weight.flatten(1))  # [B, Hk, Wk, groups, 2]
+        offset = offset.permute(0, 3, 1, 2, 4).reshape(B * self.groups, hk, wk, 2)
         f = self.offset_range_factor
         bounded = f > 0 if self.generation == "v1" else f >= 0
         if bounded:
@@ -162,8 +176,7 @@ class DeformableAttention(nn.Module):
             else:
                 span = (1.0 / max(hk - 1, 1), 1.0 / max(wk - 1, 1))
             squashed = offset.tanh()
-            offset = squashed * offset.new_tensor(span).view(1, 2, 1, 1) * f
-        offset = offset.permute(0, 2, 3, 1)
+            offset = squashed * offset.new_tensor(span) * f
         ref = reference_points(hk, wk, self.generation, q.dtype, q.device)
         pos = offset + ref
         if f < 0:
@@ -174,51 +187,50 @@ class DeformableAttention(nn.Module):
                 saturated = pos.detach().abs().amax(-1) >= 1.0
                 pos = pos.clamp(-1.0, 1.0)
         elif bounded:
-            saturated = squashed.detach().abs().amax(1) > SATURATION_LEVEL
+            saturated = squashed.detach().abs().amax(-1) > SATURATION_LEVEL
         else:
             saturated = torch.zeros_like(pos[..., 0], dtype=torch.bool)
         return pos, ref, saturated
 
     def _position_bias(self, pos: torch.Tensor, H: int, W: int, B: int) -> torch.Tensor:
-        """``[B, heads, H*W, Ns]`` bias sampled from ``rpe_table`` at the query-key displacement."""
+        """``[B, heads, H*W, Ns]`` bias (a strided view) sampled from ``rpe_table`` at the
+        query-key displacement."""
         ns = pos.shape[1] * pos.shape[2]
-        qg = query_grid(H, W, self.generation, pos.dtype, pos.device).view(1, H * W, 1, 2)
-        disp = (qg - pos.reshape(B * self.groups, 1, ns, 2)).mul(0.5)  # [B*g, HW, Ns, 2]
-        # One grid_sample per group over all batch elements: the table is never copied per image.
-        disp = disp.view(B, self.groups, H * W, ns, 2).transpose(0, 1)
-        disp = disp.reshape(self.groups, B * H * W, ns, 2)
-        table = self.rpe_table.view(self.groups, self.group_heads, *self.rpe_table.shape[1:])
-        bias = F.grid_sample(table.to(pos.dtype), disp.flip(-1), mode="bilinear",
+        g = self.groups
+        # Half displacements in grid_sample's (x, y) order, built directly in [groups, B, HW, Ns]
+        # layout: one grid_sample per group over all batch elements, no per-image table copies.
+        qg = query_grid(H, W, self.generation, pos.dtype, pos.device).flip(-1).mul(0.5)
+        keys = pos.flip(-1).mul(0.5).view(B, g, 1, ns, 2).transpose(0, 1).contiguous()
+        disp = (qg.view(1, 1, H * W, 1, 2) - keys).view(g, B * H * W, ns, 2)
+        table = self.rpe_table.view(g, self.group_heads, *self.rpe_table.shape[1:])
+        bias = F.grid_sample(table.to(pos.dtype), disp, mode="bilinear",
                              align_corners=True)  # [g, hg, B*HW, Ns]
-        bias = bias.view(self.groups, self.group_heads, B, H * W, ns).permute(2, 0, 1, 3, 4)
-        return bias.reshape(B, self.heads, H * W, ns)
+        return bias.view(g, self.group_heads, B, H * W, ns).permute(2, 0, 1, 3, 4).flatten(1, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, H, W]`` -> ``[B, C, H, W]``."""
+        """``[B, C, H, W]`` -> ``[B, C, H, W]`` (channels-last strides in, channels-last out).
+
+        The 1x1 projections run as ``F.linear`` on channels-last tokens, k and v as one matmul
+        over their concatenated weights (they act on the same sampled tokens).
+        """
         B, C, H, W = x.shape
-        q = self.proj_q(x)
+        q = F.linear(x.permute(0, 2, 3, 1), self.proj_q.weight.flatten(1), self.proj_q.bias)
         pos, ref, saturated = self._sampling_points(q)
         hk, wk = pos.shape[1:3]
         ns = hk * wk
         sampled = F.grid_sample(x.reshape(B * self.groups, self.group_channels, H, W),
                                 pos.flip(-1), mode="bilinear", align_corners=True)
-        sampled = sampled.reshape(B, C, 1, ns)
-        k = self.proj_k(sampled).view(B, self.heads, self.head_dim, ns).transpose(2, 3)
-        v = self.proj_v(sampled).view(B, self.heads, self.head_dim, ns).transpose(2, 3)
-        qh = q.reshape(B, self.heads, self.head_dim, H * W).transpose(2, 3)
+        sampled = sampled.view(B, self.groups, self.group_channels, ns).permute(0, 3, 1, 2)
+        w_kv = torch.cat([self.proj_k.weight, self.proj_v.weight]).flatten(1)
+        b_kv = torch.cat([self.proj_k.bias, self.proj_v.bias])
+        kv = F.linear(sampled.reshape(B, ns, C), w_kv, b_kv)
+        k, v = kv.view(B, ns, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        qh = q.view(B, H * W, self.heads, self.head_dim).transpose(1, 2)
         bias = self._position_bias(pos, H, W, B) if self.rpe_table is not None else None
-        attn_probs = None
-        if self.record_offsets and self.record_attention:
-            logits = qh @ k.transpose(2, 3) * self.scale
-            if bias is not None:
-                logits = logits + bias
-            attn_probs = logits.softmax(-1)
-            out = F.dropout(attn_probs, self.attn_drop, self.training) @ v
-        else:
-            out = F.scaled_dot_product_attention(
-                qh, k, v, attn_mask=bias, scale=self.scale,
-                dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.transpose(2, 3).reshape(B, C, H, W)
+        out, probs = biased_attention(qh, k, v, bias, self.scale,
+                                      self.attn_drop if self.training else 0.0)
+        out = F.linear(out.transpose(1, 2).reshape(B, H, W, C), self.proj_out.weight.flatten(1),
+                       self.proj_out.bias)
         if self.record_offsets:
             shape = (B, self.groups, hk, wk)
             self.last_record = DeformableRecord(
@@ -228,6 +240,6 @@ class DeformableAttention(nn.Module):
                 fmap_size=(H, W),
                 generation=self.generation,
                 offset_range_factor=self.offset_range_factor,
-                attn=None if attn_probs is None else attn_probs.detach(),
+                attn=probs.detach() if self.record_attention else None,
             )
-        return self.proj_drop(self.proj_out(out))
+        return self.proj_drop(out).permute(0, 3, 1, 2)

@@ -7,8 +7,9 @@ inwards instead of being truncated. The relative position bias ``rpb[head, 2k-1,
 
 The computation is blocked: the query map is cut into ``tile x tile`` tiles, each tile gathers the
 ``(tile + k - 1)^2`` keys that cover all of its windows, and a precomputed additive mask (bias inside
-each query's window, ``-inf`` outside) turns the tile into one dense ``scaled_dot_product_attention``
-call. Nothing of size ``(HW x HW)`` or ``(HW x k^2 x C)`` is materialised.
+each query's window, ``-inf`` outside) turns the tile into one dense attention product
+(:func:`~.attention.biased_attention`). Nothing of size ``(HW x HW)`` or ``(HW x k^2 x C)`` is
+materialised.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .attention import biased_attention
 
 
 def window_starts(size: int, kernel_size: int, num_queries: int, device: torch.device) -> torch.Tensor:
@@ -79,8 +82,8 @@ def neighborhood_attention(
         t = t.index_select(4, cols.reshape(-1)).view(B, nh, nth, span_h, ntw, span_w, hd)
         return t.transpose(3, 4).reshape(B, nh, nth, ntw, span_h * span_w, hd)
 
-    out = F.scaled_dot_product_attention(qt, gather(k), gather(v), attn_mask=mask, scale=scale,
-                                         dropout_p=dropout_p)
+    out, _ = biased_attention(qt, gather(k), gather(v), mask, hd ** -0.5 if scale is None else scale,
+                              dropout_p)
     out = out.view(B, nh, nth, ntw, tile_h, tile_w, hd).transpose(3, 4)
     out = out.reshape(B, nh, nth * tile_h, ntw * tile_w, hd)
     return out[:, :, :H, :W] if pad_h or pad_w else out

@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .attention import biased_attention
+
 _SHIFT_MASK_VALUE = -100.0  # the official code adds -100 (not -inf) between shifted regions
 
 
@@ -107,9 +109,8 @@ class WindowAttention(nn.Module):
         mask = self.position_bias()
         if self.shift:
             mask = mask[None] + self._shift_mask(Hp, Wp, x.device)[:, None]
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask.to(q.dtype), scale=self.scale,
-            dropout_p=self.attn_drop if self.training else 0.0)
+        out, _ = biased_attention(q, k, v, mask, self.scale,
+                                  self.attn_drop if self.training else 0.0)
         out = self.proj_out(out.transpose(2, 3).reshape(B, r1 * r2, ws * ws, C))
         out = out.view(B, r1, r2, ws, ws, C).transpose(2, 3).reshape(B, Hp, Wp, C)
         if self.shift:
