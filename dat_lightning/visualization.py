@@ -18,7 +18,7 @@ import torch.nn as nn
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 
-from dat_lightning.callbacks.offset_statistics import (
+from dat_lightning.callbacks.statistics import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     block_key,

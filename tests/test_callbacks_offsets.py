@@ -21,7 +21,7 @@ from dat_lightning.callbacks import (
     OffsetStatistics,
     offset_statistics,
 )
-from dat_lightning.callbacks.offset_statistics import normalized_to_pixels, stage_of
+from dat_lightning.callbacks.statistics import normalized_to_pixels, stage_of
 from dat_lightning.models.layers.deformable_attention import DeformableRecord, reference_points
 
 STATS = ["mean_abs_cells", "std_abs_cells", "max_abs_cells", "mean_abs_px", "std_abs_px", "max_abs_px",

@@ -3,8 +3,8 @@ checkpointing by the task's metric, and prediction files."""
 
 from .checkpoint import TaskCheckpoint
 from .offset_guard import GuardEvent, OffsetGuard, OffsetInstabilityError, OffsetInstabilityWarning
-from .offset_statistics import OffsetStatistics, offset_network_norms, offset_statistics
 from .prediction_writer import PredictionWriter
+from .statistics import OffsetStatistics, deformable_blocks, offset_network_norms, offset_statistics
 
 __all__ = [
     "GuardEvent",
@@ -14,6 +14,7 @@ __all__ = [
     "OffsetStatistics",
     "PredictionWriter",
     "TaskCheckpoint",
+    "deformable_blocks",
     "offset_network_norms",
     "offset_statistics",
 ]

@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dat_lightning.models.layers.deformable_attention import DeformableRecord
 
-from .offset_statistics import OffsetRecorder, offset_network_norms, offset_statistics
+from .statistics import OffsetRecorder, offset_network_norms, offset_statistics
 
 __all__ = ["GuardEvent", "OffsetGuard", "OffsetInstabilityError", "OffsetInstabilityWarning"]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: no ipywidgets warning in notebooks
 
 __all__ = ["WEIGHTS", "PretrainedWeights", "WeightsDownloadError", "download_file", "get_weights",
            "list_weights", "resolve_weights", "weights_cache_dir"]
