@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
 class TransformerMLP(nn.Module):
@@ -25,7 +26,9 @@ class TransformerMLP(nn.Module):
 class ConvMLP(nn.Module):
     """DAT++ MLP: 1x1 conv, residual 3x3 depthwise conv, GELU, 1x1 conv.
 
-    Keys ``linear1.0``, ``dwc``, ``linear2.0`` as in the official DAT++ checkpoints.
+    Keys ``linear1.0``, ``dwc``, ``linear2.0`` as in the official DAT++ checkpoints. The 1x1
+    convs run as ``F.linear`` on channels-last tokens (a matmul instead of a much slower 1x1
+    convolution backward on CPU); the depthwise conv sees the same map with channels-last strides.
     """
 
     def __init__(self, dim: int, expansion: int = 4, drop: float = 0.0) -> None:
@@ -39,6 +42,10 @@ class ConvMLP(nn.Module):
         self.dwc = nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop1(self.linear1(x))
+        """``[B, C, H, W]`` -> ``[B, C, H, W]`` (channels-last strides out)."""
+        fc1, fc2 = self.linear1[0], self.linear2[0]
+        x = F.linear(x.permute(0, 2, 3, 1), fc1.weight.flatten(1), fc1.bias)
+        x = self.drop1(x).permute(0, 3, 1, 2)
         x = self.act(x + self.dwc(x))
-        return self.drop2(self.linear2(x))
+        x = F.linear(x.permute(0, 2, 3, 1), fc2.weight.flatten(1), fc2.bias)
+        return self.drop2(x).permute(0, 3, 1, 2)

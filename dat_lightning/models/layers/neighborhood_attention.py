@@ -28,7 +28,7 @@ def window_starts(size: int, kernel_size: int, num_queries: int, device: torch.d
 
 
 def _axis_layout(size: int, kernel_size: int, tile: int, device: torch.device):
-    """Per-axis tiling: key indices gathered per tile, membership and bias offsets per query/slot."""
+    """Per-axis tiling: first key of each tile (ints), membership and bias offsets per query/slot."""
     num_tiles = (size + tile - 1) // tile  # not -(-a // b): traced sizes round towards zero
     span = tile + kernel_size - 1
     starts = window_starts(size, kernel_size, num_tiles * tile, device).view(num_tiles, tile)
@@ -39,7 +39,9 @@ def _axis_layout(size: int, kernel_size: int, tile: int, device: torch.device):
     )  # [T, tile, span]
     query = (torch.arange(num_tiles * tile, device=device)).view(num_tiles, tile)
     rel = (slots[:, None, :] - query[:, :, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
-    return num_tiles, span, slots.clamp(max=size - 1), member, rel
+    first_keys = [min(max(t * tile - kernel_size // 2, 0), size - kernel_size)
+                  for t in range(int(num_tiles))]  # = tile_first_key, as ints (sizes are static)
+    return num_tiles, span, first_keys, member, rel
 
 
 def neighborhood_attention(
@@ -58,8 +60,8 @@ def neighborhood_attention(
         )
     tile_h, tile_w = min(tile, H), min(tile, W)
     device = q.device
-    nth, span_h, rows, mem_h, rel_h = _axis_layout(H, kernel_size, tile_h, device)
-    ntw, span_w, cols, mem_w, rel_w = _axis_layout(W, kernel_size, tile_w, device)
+    nth, span_h, row_starts, mem_h, rel_h = _axis_layout(H, kernel_size, tile_h, device)
+    ntw, span_w, col_starts, mem_w, rel_w = _axis_layout(W, kernel_size, tile_w, device)
 
     # Additive mask [heads, nth, ntw, tile_h*tile_w, span_h*span_w].
     member = mem_h[:, None, :, None, :, None] & mem_w[None, :, None, :, None, :]
@@ -77,9 +79,17 @@ def neighborhood_attention(
     qt = qp.view(B, nh, nth, tile_h, ntw, tile_w, hd).transpose(3, 4)
     qt = qt.reshape(B, nh, nth, ntw, tile_h * tile_w, hd)
 
+    # Keys of each tile: a contiguous run of rows/columns from the tile's first window start.
+    # Runs past the map read zero padding, which the mask hides. Slices + stack instead of
+    # index_select: its backward (index_add_) is several times slower on CPU.
+    extra_h = max(row_starts[-1] + span_h - H, 0)
+    extra_w = max(col_starts[-1] + span_w - W, 0)
+
     def gather(t: torch.Tensor) -> torch.Tensor:
-        t = t.index_select(2, rows.reshape(-1)).view(B, nh, nth, span_h, W, hd)
-        t = t.index_select(4, cols.reshape(-1)).view(B, nh, nth, span_h, ntw, span_w, hd)
+        if extra_h or extra_w:
+            t = F.pad(t, (0, 0, 0, extra_w, 0, extra_h))
+        t = torch.stack([t.narrow(2, r, span_h) for r in row_starts], 2)
+        t = torch.stack([t.narrow(4, c, span_w) for c in col_starts], 4)
         return t.transpose(3, 4).reshape(B, nh, nth, ntw, span_h * span_w, hd)
 
     out, _ = biased_attention(qt, gather(k), gather(v), mask, hd ** -0.5 if scale is None else scale,
