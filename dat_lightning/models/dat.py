@@ -138,30 +138,34 @@ class DATStage(nn.Module):
         else:
             self.local_perception_units = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _block(self, d: int, x: torch.Tensor) -> torch.Tensor:
+        if self.local_perception_units is not None:
+            x = x + self.local_perception_units[d](x)
+        y = self.attns[d](self.layer_norms[2 * d](x))
+        if self.layer_scales is not None:
+            y = self.layer_scales[2 * d](y)
+        x = x + self.drop_path[d](y)
+        y = self.mlps[d](self.layer_norms[2 * d + 1](x))
+        if self.layer_scales is not None:
+            y = self.layer_scales[2 * d + 1](y)
+        return x + self.drop_path[d](y)
+
+    def forward(self, x: torch.Tensor, grad_checkpointing: bool = False) -> torch.Tensor:
+        """Run the blocks; with ``grad_checkpointing`` each block is recomputed in backward."""
         for d in range(self.depth):
-            if self.local_perception_units is not None:
-                x = x + self.local_perception_units[d](x)
-            y = self.attns[d](self.layer_norms[2 * d](x))
-            if self.layer_scales is not None:
-                y = self.layer_scales[2 * d](y)
-            x = x + self.drop_path[d](y)
-            y = self.mlps[d](self.layer_norms[2 * d + 1](x))
-            if self.layer_scales is not None:
-                y = self.layer_scales[2 * d + 1](y)
-            x = x + self.drop_path[d](y)
+            if grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(self._block, d, x, use_reentrant=False)
+            else:
+                x = self._block(d, x)
         return x
 
 
 def iter_stage_outputs(x: torch.Tensor, stages: nn.ModuleList, down_projs: nn.ModuleList,
                        last: int, grad_checkpointing: bool = False):
     """Run stem output ``x`` through ``stages[0..last]``, yielding ``(i, map)`` before each
-    down-sampling; with ``grad_checkpointing`` each stage is recomputed in the backward pass."""
+    down-sampling; with ``grad_checkpointing`` each block is recomputed in the backward pass."""
     for i in range(last + 1):
-        if grad_checkpointing and torch.is_grad_enabled():
-            x = checkpoint(stages[i], x, use_reentrant=False)
-        else:
-            x = stages[i](x)
+        x = stages[i](x, grad_checkpointing)
         yield i, x
         if i < last:
             x = down_projs[i](x)
@@ -333,7 +337,7 @@ class DAT(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage in the backward pass to save activation memory."""
+        """Recompute each block in the backward pass to save activation memory."""
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
@@ -455,7 +459,7 @@ class DATFeatures(nn.Module):
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each stage in the backward pass to save activation memory."""
+        """Recompute each block in the backward pass to save activation memory."""
         self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
