@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torchvision import datasets as tvd
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -102,7 +102,32 @@ class SegmentationFolderDataModule(_SegmentationDataModule):
         return self._split(split) if (Path(self.root) / "images" / split).is_dir() else None
 
 
-class ADE20KDataModule(_SegmentationDataModule):
+class _PublicSegmentationDataModule(_SegmentationDataModule):
+    """A public benchmark with a fixed class list (:attr:`classes`) that can be downloaded.
+
+    Args:
+        root: folder holding the dataset (or to download into).
+        download: download the dataset in :meth:`prepare_data` if it is missing.
+        crop_scale: area range of the training random resized crop.
+        **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
+    """
+
+    classes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = False,
+        crop_scale: tuple[float, float] = (0.25, 1.0),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(crop_scale=crop_scale, **kwargs)
+        self.root, self.download = root, download
+        self.class_names = list(self.classes)
+        self.num_classes = len(self.class_names)
+
+
+class ADE20KDataModule(_PublicSegmentationDataModule):
     """ADE20K SceneParsing (ADEChallengeData2016): 150 classes, label 0 ("other") ignored.
 
     Masks are reduced by one (``reduce_zero_label``) so classes are 0..149 and "other" becomes 255.
@@ -123,17 +148,7 @@ class ADE20KDataModule(_SegmentationDataModule):
     )
     reduce_zero_label = True
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        crop_scale: tuple[float, float] = (0.25, 1.0),
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(crop_scale=crop_scale, **kwargs)
-        self.root, self.download = root, download
-        self.class_names = list(ADE20K_CLASSES)
-        self.num_classes = len(self.class_names)
+    classes = ADE20K_CLASSES
 
     def _download(self) -> None:
         if not (Path(self.root) / "ADEChallengeData2016").is_dir():
@@ -149,7 +164,7 @@ class ADE20KDataModule(_SegmentationDataModule):
         return paired_files(base / "images" / folder, base / "annotations" / folder)
 
 
-class VOCSegmentationDataModule(_SegmentationDataModule):
+class VOCSegmentationDataModule(_PublicSegmentationDataModule):
     """Pascal VOC 2012 segmentation (21 classes with background, 255 = object borders, ignored).
 
     Read by torchvision; train/val are the official ``ImageSets/Segmentation`` lists and test
@@ -168,17 +183,7 @@ class VOCSegmentationDataModule(_SegmentationDataModule):
         "    ImageSets/Segmentation/train.txt, val.txt"
     )
 
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        crop_scale: tuple[float, float] = (0.25, 1.0),
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(crop_scale=crop_scale, **kwargs)
-        self.root, self.download = root, download
-        self.class_names = list(VOC_CLASSES)
-        self.num_classes = len(self.class_names)
+    classes = VOC_CLASSES
 
     def _download(self) -> None:
         tvd.VOCSegmentation(self.root, year="2012", image_set="trainval", download=True)
