@@ -154,5 +154,5 @@ def test_timm_model_protocol(tiny_dat) -> None:
     model.zero_grad()
     model.set_grad_checkpointing(True)
     model(x).sum().backward()
-    for n, p in model.named_parameters():
-        assert torch.allclose(p.grad, grads[n], atol=1e-6), n
+    for n, p in model.named_parameters():  # recomputation reorders float sums: not bitwise
+        torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-5, msg=n)
