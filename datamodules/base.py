@@ -355,3 +355,21 @@ class BaseDataModule(L.LightningDataModule):
             samples = [self.train_dataset[i] for i in range(min(max_images, len(self.train_dataset)))]
             batch = detection_collate(samples) if self.task == "detection" else default_collate(samples)
         return plot_batch(batch, self.mean, self.std, self.class_names, max_images, self.ignore_index)
+
+
+class PublicDataModule(BaseDataModule):
+    """A public dataset with a fixed class list (:attr:`classes`) that can be downloaded.
+
+    Args:
+        root: folder holding the dataset (or to download into).
+        download: download the dataset in :meth:`prepare_data` if it is missing.
+        **kwargs: the :class:`BaseDataModule` arguments.
+    """
+
+    classes: ClassVar[Sequence[str]] = ()
+
+    def __init__(self, root: str = "data", download: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.root, self.download = root, download
+        self.class_names = list(self.classes)
+        self.num_classes = len(self.class_names)

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from torchvision import datasets as tvd
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from datamodules.base import BaseDataModule, Split
+from datamodules.base import BaseDataModule, PublicDataModule, Split
 from datamodules.class_names import CIFAR10_CLASSES, CIFAR100_CLASSES, FOOD101_CLASSES, OXFORD_PETS_CLASSES
 from datamodules.datasets import Records, Source
 from datamodules.io import DatasetNotFoundError, InvalidSampleError
@@ -76,7 +76,7 @@ class DigitsDataModule(BaseDataModule):
         return _UpsampledDigits(self.image_size) if split == "train" else None
 
 
-class CIFAR10DataModule(BaseDataModule):
+class CIFAR10DataModule(PublicDataModule):
     """CIFAR-10 (50,000 train / 10,000 test 32x32 images, 10 classes), read by torchvision.
 
     Validation is a stratified ``val_fraction`` of the training batches; test is the test batch.
@@ -90,14 +90,7 @@ class CIFAR10DataModule(BaseDataModule):
     reader: type[tvd.CIFAR10] = tvd.CIFAR10
     urls = (tvd.CIFAR10.url,)
     layout = "cifar-10-batches-py/\n    data_batch_1 ... data_batch_5\n    test_batch\n    batches.meta"
-    names = CIFAR10_CLASSES
-
-    def __init__(self, root: str = "data", download: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.root = root
-        self.download = download
-        self.num_classes = len(self.names)
-        self.class_names = list(self.names)
+    classes = CIFAR10_CLASSES
 
     def _download(self) -> None:
         self.reader(self.root, download=True)
@@ -122,7 +115,7 @@ class CIFAR100DataModule(CIFAR10DataModule):
     reader = tvd.CIFAR100
     urls = (tvd.CIFAR100.url,)
     layout = "cifar-100-python/\n    train\n    test\n    meta"
-    names = CIFAR100_CLASSES
+    classes = CIFAR100_CLASSES
 
 
 def _check_class_folders(root: Path, classes: Sequence[str], extensions: tuple[str, ...]) -> None:
@@ -288,7 +281,7 @@ class CSVDataModule(BaseDataModule):
         return Records([str(Path(self.root) / row[self.image_column]) for row in rows], targets)
 
 
-class OxfordPetsDataModule(BaseDataModule):
+class OxfordPetsDataModule(PublicDataModule):
     """Oxford-IIIT Pet (37 breeds), read by torchvision; val is a stratified split of ``trainval``.
 
     Args:
@@ -303,11 +296,7 @@ class OxfordPetsDataModule(BaseDataModule):
         "(lines: <image id> <class id 1..37> <species> <breed id>)"
     )
 
-    def __init__(self, root: str = "data", download: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.root, self.download = root, download
-        self.class_names = list(OXFORD_PETS_CLASSES)
-        self.num_classes = len(self.class_names)
+    classes = OXFORD_PETS_CLASSES
 
     def _download(self) -> None:
         tvd.OxfordIIITPet(self.root, download=True)
@@ -322,7 +311,7 @@ class OxfordPetsDataModule(BaseDataModule):
         return Records([str(p) for p in dataset._images], dataset._labels)
 
 
-class Flowers102DataModule(BaseDataModule):
+class Flowers102DataModule(PublicDataModule):
     """Oxford Flowers-102 with its official train/val/test splits, read by torchvision.
 
     Args:
@@ -334,11 +323,7 @@ class Flowers102DataModule(BaseDataModule):
     urls = (tvd.Flowers102._download_url_prefix,)
     layout = "flowers-102/\n    jpg/image_00001.jpg ...\n    imagelabels.mat\n    setid.mat"
 
-    def __init__(self, root: str = "data", download: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.root, self.download = root, download
-        self.class_names = list(tvd.Flowers102.classes)
-        self.num_classes = len(self.class_names)
+    classes = tuple(tvd.Flowers102.classes)
 
     def _download(self) -> None:
         tvd.Flowers102(self.root, download=True)
@@ -349,7 +334,7 @@ class Flowers102DataModule(BaseDataModule):
         return Records([str(p) for p in dataset._image_files], dataset._labels)
 
 
-class Food101DataModule(BaseDataModule):
+class Food101DataModule(PublicDataModule):
     """Food-101 (101 dishes), read by torchvision; val is a stratified split of ``train``.
 
     Args:
@@ -363,11 +348,7 @@ class Food101DataModule(BaseDataModule):
         'food-101/\n    images/<dish>/<id>.jpg\n    meta/train.json, test.json ({dish: ["<dish>/<id>", ...]})'
     )
 
-    def __init__(self, root: str = "data", download: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.root, self.download = root, download
-        self.class_names = list(FOOD101_CLASSES)
-        self.num_classes = len(self.class_names)
+    classes = FOOD101_CLASSES
 
     def _download(self) -> None:
         tvd.Food101(self.root, download=True)

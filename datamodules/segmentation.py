@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from torchvision import datasets as tvd
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.datasets.utils import download_and_extract_archive
 
-from datamodules.base import BaseDataModule, Split
+from datamodules.base import BaseDataModule, PublicDataModule, Split
 from datamodules.class_names import ADE20K_CLASSES, VOC_CLASSES
 from datamodules.datasets import Records, Source
 from datamodules.io import InvalidSampleError, read_mask
@@ -102,8 +102,9 @@ class SegmentationFolderDataModule(_SegmentationDataModule):
         return self._split(split) if (Path(self.root) / "images" / split).is_dir() else None
 
 
-class _PublicSegmentationDataModule(_SegmentationDataModule):
-    """A public benchmark with a fixed class list (:attr:`classes`) that can be downloaded.
+class _PublicSegmentationDataModule(_SegmentationDataModule, PublicDataModule):
+    """A public segmentation benchmark: :class:`~datamodules.base.PublicDataModule` with the
+    segmentation crop default.
 
     Args:
         root: folder holding the dataset (or to download into).
@@ -112,19 +113,9 @@ class _PublicSegmentationDataModule(_SegmentationDataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    classes: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(
-        self,
-        root: str = "data",
-        download: bool = False,
-        crop_scale: tuple[float, float] = (0.25, 1.0),
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(crop_scale=crop_scale, **kwargs)
-        self.root, self.download = root, download
-        self.class_names = list(self.classes)
-        self.num_classes = len(self.class_names)
+    def __init__(self, root: str = "data", download: bool = False,
+                 crop_scale: tuple[float, float] = (0.25, 1.0), **kwargs: Any) -> None:
+        super().__init__(root=root, download=download, crop_scale=crop_scale, **kwargs)
 
 
 class ADE20KDataModule(_PublicSegmentationDataModule):
