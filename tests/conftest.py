@@ -1,15 +1,35 @@
-"""Shared test fixtures: paths to the official reference data."""
+"""Shared test fixtures: the reference data in ``tests/fixtures``, small models, and a guard that
+fails any test reading a file outside the repository (see :mod:`read_guard`)."""
 
 from __future__ import annotations
 
 import os
+import site
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
+from read_guard import ReadGuard, ReadGuardPlugin
+
+pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
-OFFICIAL = Path(os.environ.get("DAT_OFFICIAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "official"))
+FIXTURES = REPO / "tests" / "fixtures"
+_OVERRIDE = os.environ.get("DAT_OFFICIAL_FIXTURES")
+OFFICIAL = Path(_OVERRIDE) if _OVERRIDE else FIXTURES / "official"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Watch the repository's parent folder: a test may read inside the repository, the Python
+    installation, temporary folders and ``DAT_OFFICIAL_FIXTURES``, nothing beside them."""
+    allowed = [Path(sys.prefix), Path(sys.base_prefix), Path(tempfile.gettempdir()),
+               *map(Path, site.getsitepackages()), Path(site.getusersitepackages())]
+    if _OVERRIDE:
+        allowed.append(OFFICIAL)
+    guard = ReadGuard(REPO, REPO.parent, allowed)
+    config.pluginmanager.register(ReadGuardPlugin(guard), "dat_read_guard")
 
 
 @pytest.fixture
@@ -21,15 +41,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def _fixture_dir(path: Path, what: str) -> Path:
+    if not (path / "README.md").is_file():
+        pytest.fail(f"{what} fixtures not found at {path}: they are part of the repository "
+                    "(tests/fixtures); restore them with `git checkout -- tests/fixtures`")
+    return path
+
+
 @pytest.fixture(scope="session")
 def official_dir() -> Path:
-    """Directory of the official DAT/DAT++ reference fixtures (``../shared/fixtures/official``)."""
-    if not (OFFICIAL / "README.md").is_file():
-        pytest.fail(
-            f"official reference fixtures not found at {OFFICIAL}; clone the repository next to its "
-            "shared/ folder or set DAT_OFFICIAL_FIXTURES to the fixtures directory"
-        )
-    return OFFICIAL
+    """Official DAT/DAT++ classification fixtures (``tests/fixtures/official``; the environment
+    variable ``DAT_OFFICIAL_FIXTURES`` points elsewhere)."""
+    return _fixture_dir(OFFICIAL, "official reference")
+
+
+@pytest.fixture(scope="session")
+def dense_dir() -> Path:
+    """Official dense-prediction (DAT-Detection / DAT-Segmentation) backbone fixtures."""
+    return _fixture_dir(FIXTURES / "dense", "dense-backbone")
+
+
+@pytest.fixture(scope="session")
+def grads_dir() -> Path:
+    """Official train-mode gradient fixtures."""
+    return _fixture_dir(FIXTURES / "grads", "gradient")
 
 
 def tiny_dat_kwargs(generation: str = "v1", num_classes: int = 10, img_size: int = 32) -> dict:
