@@ -67,6 +67,20 @@ def grads_dir() -> Path:
     return _fixture_dir(FIXTURES / "grads", "gradient")
 
 
+def assert_close(got: torch.Tensor, expected: torch.Tensor, scale: float | None = None) -> None:
+    """The fixtures' tolerance: ``|got - exp| <= 1e-4 * scale + 1e-4 * |exp|``, ``scale``
+    defaulting to ``max|exp|`` (sampling positions use ``max(1, max|exp|)``)."""
+    assert got.shape == expected.shape, f"shape {tuple(got.shape)} != {tuple(expected.shape)}"
+    scale = expected.abs().max().item() if scale is None else scale
+    excess = (got - expected).abs() - (1e-4 * scale + 1e-4 * expected.abs())
+    assert excess.max().item() <= 0, f"max abs error {(got - expected).abs().max().item():.3g}"
+
+
+def position_scale(expected: torch.Tensor) -> float:
+    """Tolerance scale of sampling positions (normalised coordinates): ``max(1, max|exp|)``."""
+    return max(1.0, expected.abs().max().item())
+
+
 def tiny_dat_kwargs(generation: str = "v1", num_classes: int = 10, img_size: int = 32) -> dict:
     """Constructor settings of a narrow DAT (v1) or DAT++ ("pp") that runs fast on a CPU."""
     common = dict(img_size=img_size, num_classes=num_classes, dim_stem=16, dims=[16, 32, 64, 128],

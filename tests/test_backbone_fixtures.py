@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from conftest import assert_close, position_scale
 
 from dat_lightning.models import OFFICIAL_CONFIGS, from_official_config
 from dat_lightning.models.layers.window_attention import shift_window_mask
@@ -17,14 +18,6 @@ MANIFESTS = {
     "dat_pp_small": "pp_dat_small", "dat_pp_base": "pp_dat_base",
     "dat_pp_base_384": "pp_dat_base_384",
 }
-
-
-def assert_close(got: torch.Tensor, expected: torch.Tensor, scale: float | None = None) -> None:
-    """The fixtures' tolerance: |got - exp| <= 1e-4 * scale + 1e-4 * |exp|."""
-    assert got.shape == expected.shape
-    scale = expected.abs().max().item() if scale is None else scale
-    excess = (got - expected).abs() - (1e-4 * scale + 1e-4 * expected.abs())
-    assert excess.max().item() <= 0, f"max abs error {(got - expected).abs().max().item():.3g}"
 
 
 def load_fixture(official_dir, name: str):
@@ -52,7 +45,7 @@ def test_official_outputs_reproduced(official_dir, name):
     for block_name, block in blocks.items():
         ref = expected["attn_pos_ref"][block_name]
         for got, exp in ((block.last_record.pos, ref["pos"]), (block.last_record.ref, ref["ref"])):
-            assert_close(got, exp, scale=max(1.0, exp.abs().max().item()))
+            assert_close(got, exp, position_scale(exp))
 
 
 def test_v1_positions_per_stage(official_dir):
@@ -68,8 +61,8 @@ def test_v1_positions_per_stage(official_dir):
             if stage.spec[d] != "D":
                 assert exp_pos is None and exp_ref is None
                 continue
-            assert_close(attn.last_record.pos, exp_pos, max(1.0, exp_pos.abs().max().item()))
-            assert_close(attn.last_record.ref, exp_ref, max(1.0, exp_ref.abs().max().item()))
+            assert_close(attn.last_record.pos, exp_pos, position_scale(exp_pos))
+            assert_close(attn.last_record.ref, exp_ref, position_scale(exp_ref))
 
 
 @pytest.mark.parametrize("name", ["v1_main", "pp_main"])

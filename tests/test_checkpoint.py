@@ -10,6 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
+from conftest import assert_close, position_scale
 
 from dat_lightning.models import (
     DATFeatures,
@@ -18,11 +19,6 @@ from dat_lightning.models import (
     load_checkpoint,
 )
 from dat_lightning.models.checkpoint import CheckpointError
-
-
-def _close(got: torch.Tensor, exp: torch.Tensor, scale: float | None = None) -> bool:
-    scale = exp.abs().max().item() if scale is None else scale
-    return bool(((got - exp).abs() <= 1e-4 * scale + 1e-4 * exp.abs()).all())
 
 
 # --- official resolution-change fixtures ---------------------------------------------------------
@@ -53,14 +49,13 @@ def test_pretrained_load_fixtures(official_dir: Path, fixture: str) -> None:
     expected = torch.load(root / "expected.pt", map_location="cpu", weights_only=True)
     with torch.no_grad():
         logits = model(torch.load(root / "input.pt", map_location="cpu", weights_only=True))
-    assert _close(logits, expected["logits"])
+    assert_close(logits, expected["logits"])
     blocks = dict(model.deformable_blocks())
     assert sorted(blocks) == sorted(expected["attn_pos_ref"])
     for name, exp in expected["attn_pos_ref"].items():
         record = blocks[name].last_record
         for field in ("pos", "ref"):
-            scale = max(1.0, exp[field].abs().max().item())
-            assert _close(getattr(record, field), exp[field], scale), (name, field)
+            assert_close(getattr(record, field), exp[field], position_scale(exp[field]))
 
 
 @pytest.mark.parametrize("fixture", ["v1_main", "pp_main"])
@@ -74,7 +69,7 @@ def test_official_checkpoint_loads_strictly(official_dir: Path, fixture: str) ->
     with torch.no_grad():
         logits = model(torch.load(root / "input.pt", map_location="cpu", weights_only=True))
     expected = torch.load(root / "expected.pt", map_location="cpu", weights_only=True)
-    assert _close(logits, expected["logits"])
+    assert_close(logits, expected["logits"])
 
 
 # --- checkpoint shapes ---------------------------------------------------------------------------

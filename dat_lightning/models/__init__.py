@@ -8,16 +8,18 @@ import timm
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, LoadReport, load_checkpoint
-from .dat import DAT, OFFICIAL_CONFIGS, DATFeatures, DATStage, from_official_config, official_kwargs
+from .dat import DAT, DATFeatures, DATStage
 from .detection import DETECTOR_OUT_INDICES, DATFPNBackbone, build_detector
 from .heads import FCNHead, SemanticFPNHead, UperNetHead
+from .official import from_official_config, from_official_dense_config
+from .official_configs import OFFICIAL_CONFIGS, official_kwargs
 from .weights import WEIGHTS, PretrainedWeights, WeightsDownloadError, get_weights, list_weights
 
 __all__ = ["DAT", "DETECTOR_OUT_INDICES", "OFFICIAL_CONFIGS", "WEIGHTS", "CheckpointError",
            "DATFPNBackbone", "DATFeatures", "DATStage", "FCNHead", "LoadReport", "PretrainedWeights",
            "SemanticFPNHead", "UperNetHead", "WeightsDownloadError", "build_detector", "create_backbone",
-           "from_official_config", "get_weights", "list_weights", "load_checkpoint",
-           "official_kwargs"]
+           "from_official_config", "from_official_dense_config", "get_weights", "list_weights",
+           "load_checkpoint", "official_kwargs"]
 
 
 def create_backbone(name: str, weights: str | None = None, *, features_only: bool = False,

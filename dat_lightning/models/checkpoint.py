@@ -1,10 +1,13 @@
-"""One loader for every DAT / DAT++ checkpoint shape: official, bare, DDP, dense-prediction,
-Lightning and safetensors files, with resolution change and a report of what happened.
+"""One loader for every DAT / DAT++ checkpoint shape: official, bare, DDP, dense-prediction
+(mmdet/mmseg), Lightning and safetensors files, with resolution change and a report of what
+happened.
 
-:func:`load_checkpoint` reads the file safely (``weights_only=True`` unless ``allow_pickle``),
-finds the state dict and the key prefix the backbone sits under, resizes position tables like the
-official ``load_pretrained``, re-initialises a classifier of the wrong size and refuses keys that
-nothing explains.
+:func:`load_checkpoint` reads the file safely (``weights_only=True`` unless ``allow_pickle``; a
+refused file is told apart from a hostile one by the globals it would call), finds the state dict
+and the key prefix the backbone sits under (the EMA copy of a task checkpoint first), maps the
+official dense code's names (LayerScale ``gamma``), resizes position tables like the official
+``load_pretrained``, rebuilds index/mask buffers the checkpoint lacks, re-initialises a classifier
+of the wrong size and refuses keys that nothing explains.
 """
 
 from __future__ import annotations
@@ -33,7 +36,15 @@ __all__ = ["CheckpointError", "LoadReport", "describe_state_dict", "extract_stat
 
 StateDict = dict[str, torch.Tensor]
 _WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict")
-_INDEX_BUFFERS = ("relative_position_index", "attn_mask")
+_INDEX_BUFFERS = ("relative_position_index", "attn_mask")  # rebuilt by the model, never learned
+_DENSE_GAMMA = re.compile(r"(\.layer_scales\.\d+)\.gamma$")  # official dense LayerScale name
+_EMA_SEGMENTS = {"ema", "model_ema", "ema_model"}
+# Globals whose call on unpickling runs commands, code or file/network access.
+_DANGEROUS_MODULES = {"os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "pty", "runpy",
+                      "ctypes", "importlib", "pickle", "marshal", "code", "webbrowser",
+                      "multiprocessing", "urllib", "http"}
+_DANGEROUS_BUILTINS = {"eval", "exec", "compile", "__import__", "open", "getattr", "setattr",
+                       "delattr", "globals", "vars", "breakpoint", "input"}
 _MIN_MATCH_FRACTION = 0.5  # below this share of the model's keys a checkpoint is another model
 
 
@@ -45,13 +56,17 @@ class CheckpointError(RuntimeError):
 class LoadReport:
     """What :func:`load_checkpoint` did with each entry.
 
+    ``renamed`` (checkpoint names mapped to the model's, e.g. the dense LayerScale ``gamma``),
     ``interpolated``, ``reinitialised``, ``missing`` (model entries the checkpoint lacks, kept at
-    their initial value) and ``unexpected`` (checkpoint entries not used) map keys to the reason.
+    their initial value) and ``unexpected`` (checkpoint entries not used) map model or checkpoint
+    keys to the reason. ``ema`` is True when the EMA copy of the weights was loaded.
     """
 
     source: str
     prefix: str = ""
+    ema: bool = False
     loaded: list[str] = field(default_factory=list)
+    renamed: dict[str, str] = field(default_factory=dict)
     interpolated: dict[str, str] = field(default_factory=dict)
     reinitialised: dict[str, str] = field(default_factory=dict)
     missing: dict[str, str] = field(default_factory=dict)
@@ -59,8 +74,9 @@ class LoadReport:
 
     def __str__(self) -> str:
         prefix = f" (under prefix {self.prefix!r})" if self.prefix else ""
-        lines = [f"loaded {len(self.loaded)} entries from {self.source}{prefix}"]
-        for title, entries in (("interpolated", self.interpolated),
+        ema = " (the EMA weights; prefer_ema=False loads the raw ones)" if self.ema else ""
+        lines = [f"loaded {len(self.loaded)} entries from {self.source}{prefix}{ema}"]
+        for title, entries in (("renamed", self.renamed), ("interpolated", self.interpolated),
                                ("re-initialised", self.reinitialised),
                                ("missing from the checkpoint", self.missing),
                                ("unused from the checkpoint", self.unexpected)):
@@ -121,17 +137,48 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
         if not allow_pickle and "weights only load failed" in str(exc).lower():
-            detail = str(exc).split("\n\n")[-1].strip().splitlines()[0]
-            raise CheckpointError(
-                f"{path} contains Python objects besides tensors, which the safe weights-only "
-                f"load refuses ({detail}). If you trust the file's source, pass "
-                "allow_pickle=True; full unpickling can execute arbitrary code from the file, "
-                "so never use it on files from unknown sources") from exc
+            raise _refusal(path, exc) from exc
         raise CheckpointError(f"{path} could not be unpickled ({exc}); the file is corrupted or "
                               "truncated: download or copy it again") from exc
     except (RuntimeError, EOFError, ValueError) as exc:
         raise CheckpointError(f"{path} is truncated or corrupted ({exc}); download or copy it "
                               "again") from exc
+
+
+def _blocked_globals(path: Path, exc: Exception) -> list[str]:
+    """The globals a refused file would call: torch's scan of the pickle (no code runs), else
+    the names in torch's message."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # legacy or damaged pickle streams: fall back to torch's message
+        found = []
+    return sorted(set(found) or set(re.findall(r"GLOBAL ([\w.]*\w)", str(exc))))
+
+
+def _is_dangerous(name: str) -> bool:
+    module, _, attr = name.rpartition(".")
+    return (module.split(".")[0] in _DANGEROUS_MODULES
+            or (module in ("builtins", "__builtin__") and attr in _DANGEROUS_BUILTINS))
+
+
+def _refusal(path: Path, exc: Exception) -> CheckpointError:
+    """The error for a file the weights-only load refused, naming what it would call; files that
+    would run commands or code also get a warning, and no invitation to ``allow_pickle``."""
+    names = _blocked_globals(path, exc)
+    danger = [n for n in names if _is_dangerous(n)]
+    if danger:
+        message = (f"{path} would call {', '.join(danger)} when unpickled: loading it runs "
+                   "commands or code on your machine, which is how malicious checkpoints work. "
+                   "Do NOT load it with allow_pickle=True; delete it and get the weights from a "
+                   "trusted source (a .safetensors file cannot run code)")
+        rank_zero_warn(f"DANGER: {message}")
+        return CheckpointError(f"refused {message}")
+    listed = ", ".join(names) if names else "not named by torch"
+    return CheckpointError(
+        f"{path} contains Python objects besides tensors ({listed}), which the safe weights-only "
+        "load refuses. If you trust the file's source, pass allow_pickle=True (full unpickling "
+        "can execute arbitrary code from the file, so never use it on files from unknown "
+        "sources), or allow just these types with torch.serialization.add_safe_globals")
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> StateDict:
@@ -162,16 +209,40 @@ _SIGNATURES = (
 )
 
 
-def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
-    """Short guess of the architecture a state dict belongs to (DAT depths/dims where it is one)."""
+_DAT_BLOCK_KEY = re.compile(r"(.*?)stages\.\d+\.attns\.\d+\.")
+_DENSE_PARTS = {"neck", "decode_head", "auxiliary_head", "rpn_head", "roi_head", "bbox_head",
+                "mask_head"}
+_PP_MARKERS = ("patch_proj.3.", ".rpb", ".local_perception_units.", ".layer_scales.")
+
+
+def _describe_dat(state: Mapping[str, torch.Tensor]) -> str:
     keys = list(state)
-    if any(re.match(r"stages\.\d+\.attns\.\d+\.", k) for k in keys):
-        gen = "DAT++" if any(k.startswith("patch_proj.3.") for k in keys) else "DAT"
-        depths = [len({m.group(1) for k in keys if (m := re.match(rf"stages\.{i}\.attns\.(\d+)\.", k))})
-                  for i in range(4)]
-        dims = [int(state[k].shape[0]) for i in range(4)
-                if (k := f"stages.{i}.layer_norms.0.norm.weight") in state]
-        return f"{gen} with depths {depths}, dims {dims}"
+    gen = "DAT++" if any(m in k for k in keys for m in _PP_MARKERS) else "DAT"
+    depths = [len({m.group(1) for k in keys if (m := re.match(rf"stages\.{i}\.attns\.(\d+)\.", k))})
+              for i in range(4)]
+    dims = [int(state[k].shape[0]) for i in range(4)
+            if (k := f"stages.{i}.layer_norms.0.norm.weight") in state]
+    norms = sorted({int(m.group(1)) for k in keys if (m := re.match(r"norms\.(\d+)\.", k))})
+    outputs = f", output norms of stages {norms}" if norms else ""
+    return f"{gen} with depths {depths}, dims {dims}{outputs}"
+
+
+def describe_state_dict(state: Mapping[str, torch.Tensor]) -> str:
+    """Short guess of the architecture a state dict belongs to (DAT depths/dims where it is one),
+    seeing through key prefixes (``backbone.`` of mmdet/mmseg, ``model.`` of a task, ...)."""
+    keys = list(state)
+    prefixes = Counter(m.group(1) for k in keys if (m := _DAT_BLOCK_KEY.match(k)))
+    if prefixes:
+        prefix = prefixes.most_common(1)[0][0]
+        what = _describe_dat({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        if not prefix:
+            return what
+        others = sorted({k.split(".")[0] for k in keys if not k.startswith(prefix)})
+        with_others = f", with {'/'.join(others)} entries" if others else ""
+        if prefix == "backbone." and _DENSE_PARTS & set(others):
+            return (f"an mmdet/mmseg checkpoint whose backbone ('backbone.') is {what}"
+                    f"{with_others}")
+        return f"{what} under the key prefix {prefix!r}{with_others}"
     for name, needles in _SIGNATURES:
         if all(any(n in k for k in keys) for n in needles):
             return f"{name} ({_preview(keys, 2)})"
@@ -185,9 +256,17 @@ def _model_name(model: nn.Module) -> str:
 
 
 # --- matching ------------------------------------------------------------------------------------
-def _find_prefix(keys: list[str], target_keys: set[str]) -> tuple[str, int]:
+def _is_ema(prefix: str) -> bool:
+    """``model_ema.module.``, ``ema.``, ``model.ema.``, ``state_dict_ema.``: an EMA copy."""
+    return any(seg in _EMA_SEGMENTS or seg.endswith("_ema") for seg in prefix.split(".")[:-1])
+
+
+def _find_prefix(keys: list[str], target_keys: set[str], prefer_ema: bool = True
+                 ) -> tuple[str, int, list[str]]:
     """The key prefix (``""``, ``"module."``, ``"model.backbone."``, ...) under which most
-    checkpoint keys are model keys, and how many match under it."""
+    checkpoint keys are model keys, how many match under it, and the other prefixes that match as
+    many (a second copy of the weights). Of a raw and an EMA copy (a task trained with
+    ``ema_decay``), the EMA one is chosen unless ``prefer_ema`` is False."""
     counts: Counter[str] = Counter()
     for key in keys:
         parts = key.split(".")
@@ -195,8 +274,38 @@ def _find_prefix(keys: list[str], target_keys: set[str]) -> tuple[str, int]:
             if ".".join(parts[i:]) in target_keys:
                 counts["".join(p + "." for p in parts[:i])] += 1
     if not counts:
-        return "", 0
-    return max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))
+        return "", 0, []
+    best = max(counts.values())
+    tied = sorted((p for p, n in counts.items() if n == best), key=len)
+    prefix = next((p for p in tied if _is_ema(p) == prefer_ema), tied[0])
+    return prefix, best, [p for p in tied if p != prefix]
+
+
+def _outside_reason(key: str, prefix: str, copies: list[str]) -> str:
+    """Why a checkpoint entry outside the chosen prefix is not used."""
+    copy = next((c for c in copies if key.startswith(c)), None)
+    if copy is None:
+        return (f"outside the backbone prefix {prefix!r} (task head or other part of the source "
+                "model): not used")
+    if _is_ema(prefix):
+        return "raw (non-EMA) weights of the source: the EMA copy was loaded (prefer_ema=False)"
+    if _is_ema(copy):
+        return "EMA copy of the weights: the raw weights were loaded (prefer_ema=False)"
+    return f"second copy of the weights under {copy!r}: the one under {prefix!r} was loaded"
+
+
+def _rename_dense(src: StateDict, target: Mapping[str, torch.Tensor]
+                  ) -> tuple[StateDict, dict[str, str]]:
+    """Map the official dense code's LayerScale ``...layer_scales.j.gamma`` onto the model's
+    ``...layer_scales.j.weight``; returns the renamed state and ``{model key: reason}``."""
+    renamed, out = {}, {}
+    for key, value in src.items():
+        alias = _DENSE_GAMMA.sub(r"\1.weight", key)
+        if key not in target and alias != key and alias in target:
+            renamed[alias] = "LayerScale 'gamma' of the official dense code, loaded as 'weight'"
+            key = alias
+        out[key] = value
+    return out, renamed
 
 
 def _resize_bias_table(table: torch.Tensor, rows: int) -> torch.Tensor:
@@ -233,6 +342,9 @@ def _adapt_mismatch(key: str, value: torch.Tensor, target: torch.Tensor) -> tupl
 
 
 def _explain_missing(key: str, features: bool, source_has_head: bool) -> str | None:
+    if key.rsplit(".", 1)[-1] in _INDEX_BUFFERS:
+        return ("index/mask buffer the model builds itself (the official dense code stores none): "
+                "constructed value kept")
     if features and key.startswith("norms."):
         return "output norm of the features model, not in a classification checkpoint: new"
     if not features and key.startswith(("cls_norm.", "cls_head.")) and not source_has_head:
@@ -263,23 +375,23 @@ def _check_model(model: nn.Module) -> bool:
     return isinstance(model, DATFeatures)
 
 
-def _adapt(state: StateDict, model: nn.Module, features: bool, source: str, strict: bool
-           ) -> tuple[StateDict, LoadReport, list[str]]:
+def _adapt(state: StateDict, model: nn.Module, features: bool, source: str, strict: bool,
+           prefer_ema: bool = True) -> tuple[StateDict, LoadReport, list[str]]:
     """Build the complete state dict to load into ``model``; returns it, the report and the
     classifier keys to re-initialise."""
     target = model.state_dict()
-    prefix, matched = _find_prefix(list(state), set(target))
+    prefix, matched, copies = _find_prefix(list(state), set(target), prefer_ema)
     if matched < _MIN_MATCH_FRACTION * len(target):
         raise CheckpointError(
             f"{source} has {len(state)} entries of which {matched} match the keys of "
             f"{_model_name(model)}; it looks like {describe_state_dict(state)}. Load a checkpoint "
             "of a DAT/DAT++ model of the same configuration")
-    report = LoadReport(source=source, prefix=prefix)
+    report = LoadReport(source=source, prefix=prefix, ema=_is_ema(prefix))
     src = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    src, report.renamed = _rename_dense(src, target)
     for key in state:
         if not key.startswith(prefix):
-            report.unexpected[key] = (f"outside the backbone prefix {prefix!r} (task head or other "
-                                      "part of the source model): not used")
+            report.unexpected[key] = _outside_reason(key, prefix, copies)
     source_has_head = any(k.startswith("cls_head.") for k in src)
     new_state, reset, unexplained = dict(target), [], defaultdict(list)
     for key, tgt in target.items():
@@ -341,7 +453,8 @@ def _handle_unexplained(unexplained: dict[str, list[str]], report: LoadReport, s
 
 
 def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor], *,
-                    strict: bool = True, allow_pickle: bool = False) -> LoadReport:
+                    strict: bool = True, allow_pickle: bool = False, prefer_ema: bool = True
+                    ) -> LoadReport:
     """Load a checkpoint into a :class:`DAT` or :class:`DATFeatures` and report what happened.
 
     Args:
@@ -350,10 +463,19 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, t
             (``"dat_tiny.in1k"`` or ``"dat_tiny"``, downloaded once), or an in-memory state dict.
             The state dict may be bare or under ``model``/``state_dict``, and the backbone may sit
             under any key prefix (``module.``, ``backbone.``, ``model.backbone.``, ...).
+            Official dense-prediction (mmdet/mmseg) checkpoints load into a
+            :class:`DATFeatures`: neck/head entries are reported unused, the LayerScale
+            ``gamma`` loads into ``weight``, and buffers they lack (``attn_mask``) are rebuilt.
         strict: refuse entries that no resolution, class-count or model-type change explains.
             With ``strict=False`` they are skipped, reported and warned about.
         allow_pickle: fully unpickle the file instead of the safe weights-only load. Unpickling
-            can execute arbitrary code: use it only for files from a source you trust.
+            can execute arbitrary code: use it only for files from a source you trust. A
+            refused file's error names the globals it would call; files that would run
+            commands or code (``os.system``, ``eval``, ...) are also warned about.
+        prefer_ema: when the checkpoint holds the weights twice, raw and as an EMA copy (a task
+            checkpoint trained with ``ema_decay``: ``model.*`` and ``model_ema.module.*``), load
+            the EMA copy, the one validated and used to pick the best checkpoint
+            (``report.ema`` is True). ``False`` loads the raw weights.
 
     Returns:
         A :class:`LoadReport`, also logged on rank zero.
@@ -368,7 +490,7 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, t
         path = resolve_weights(source)
         name = str(path)
         state = extract_state_dict(read_checkpoint(path, allow_pickle=allow_pickle), name)
-    new_state, report, reset = _adapt(state, model, features, name, strict)
+    new_state, report, reset = _adapt(state, model, features, name, strict, prefer_ema)
     model.load_state_dict(new_state, strict=True)
     if reset:
         model.cls_head.reset_parameters()

@@ -33,11 +33,10 @@ from .layers import (
     TransformerMLP,
     WindowAttention,
 )
-from .official_configs import OFFICIAL_CONFIGS
+from .official_configs import OFFICIAL_CONFIGS, official_kwargs
 from .weights import WEIGHTS, download_file
 
-__all__ = ["DAT", "OFFICIAL_CONFIGS", "DATFeatures", "DATStage", "from_official_config",
-           "official_kwargs"]
+__all__ = ["DAT", "OFFICIAL_CONFIGS", "DATFeatures", "DATStage"]
 
 BLOCK_TYPES = {"L": "local window", "S": "shifted window", "D": "deformable",
                "N": "neighborhood"}
@@ -399,39 +398,6 @@ class DAT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-
-# Official constructor options that this implementation does not support, and the value the
-# official presets all use for them.
-_UNSUPPORTED_OFFICIAL = {"dwc_pes": False, "fixed_pes": False, "no_offs": False,
-                         "log_cpb": False}
-_IGNORED_OFFICIAL = {"sr_ratios", "ns_per_pts", "heads_q", "ksize_qnas", "nqs", "qna_activation",
-                     "lower_lr_kvs"}
-
-
-def official_kwargs(config: dict, generation: str | None = None) -> dict:
-    """Translate official constructor settings (the ``MODEL.DAT`` yaml block) to :class:`DAT`
-    arguments. ``generation`` is inferred when not given: DAT++ configs carry
-    ``use_lpus``/``nat_ksizes`` or ``N`` blocks."""
-    kwargs = dict(config)
-    if generation is None:
-        is_pp = ("use_lpus" in kwargs or "nat_ksizes" in kwargs
-                 or any("N" in s for s in kwargs.get("stage_spec", [])))
-        generation = "pp" if is_pp else "v1"
-    for key, supported in _UNSUPPORTED_OFFICIAL.items():
-        values = kwargs.pop(key, None)
-        if values is not None and any(v != supported for v in values):
-            raise ValueError(f"official option {key}={values} is not supported by dat-lightning "
-                             f"(every official preset uses {supported}); remove it from the config")
-    for key in _IGNORED_OFFICIAL:
-        kwargs.pop(key, None)
-    return dict(kwargs, generation=generation)
-
-
-def from_official_config(config: dict, generation: str | None = None, **overrides: Any) -> DAT:
-    """Build a :class:`DAT` from the official constructor settings; ``overrides`` replace single
-    settings (e.g. ``num_classes=10``)."""
-    return DAT(**{**official_kwargs(config, generation), **overrides})
 
 
 class DATFeatures(nn.Module):

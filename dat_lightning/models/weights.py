@@ -113,6 +113,7 @@ def resolve_weights(source: str | os.PathLike, *, progress: bool = True) -> Path
 
     Raises:
         FileNotFoundError: ``source`` is neither an existing file nor a registered name.
+        IsADirectoryError: ``source`` is a folder.
         WeightsDownloadError: a registered file is not cached and cannot be downloaded.
     """
     path = Path(source).expanduser()
@@ -121,6 +122,9 @@ def resolve_weights(source: str | os.PathLike, *, progress: bool = True) -> Path
     if isinstance(source, str) and _is_registered(source):
         entry = get_weights(source)
         return download_file(entry.url, entry.file_name, progress=progress, name=entry.name)
+    if path.is_dir():
+        raise IsADirectoryError(f"weights {str(source)!r} is a folder, not a checkpoint file; give "
+                                "the path of the .pth/.ckpt/.safetensors file inside it")
     raise FileNotFoundError(f"weights {str(source)!r}: no such file, and not a registered weight "
                             f"name (registered: {list_weights()})")
 
