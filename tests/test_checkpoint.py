@@ -1,24 +1,31 @@
-"""load_checkpoint: every checkpoint shape, resolution change, head reset, features models, errors."""
+"""load_checkpoint: every checkpoint shape, resolution change, head reset, features models, EMA
+copies of task checkpoints, errors (hostile pickles included)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from conftest import assert_close, position_scale
+from conftest import assert_close, position_scale, tiny_dat_kwargs
+from lightning.pytorch import Trainer, seed_everything
+from toy_data import NUM_CLASSES, toy_loader
 
 from dat_lightning.models import (
+    DAT,
     DATFeatures,
     LoadReport,
     from_official_config,
     load_checkpoint,
 )
 from dat_lightning.models.checkpoint import CheckpointError
+from dat_lightning.tasks import ClassificationTask
 
 
 # --- official resolution-change fixtures ---------------------------------------------------------
@@ -241,6 +248,8 @@ def test_not_a_checkpoint(tiny_dat, tmp_path: Path) -> None:
         load_checkpoint(tiny_dat(), empty)
     with pytest.raises(FileNotFoundError, match="no such file, and not a registered weight name"):
         load_checkpoint(tiny_dat(), tmp_path / "missing.pth")
+    with pytest.raises(IsADirectoryError, match=r"is a folder, not a checkpoint file"):
+        load_checkpoint(tiny_dat(), tmp_path)
     with pytest.raises(TypeError, match="expects a DAT or DATFeatures"):
         load_checkpoint(torch.nn.Linear(2, 2), text)
 
@@ -290,10 +299,69 @@ def test_pickle_needs_opt_in(tiny_dat, tmp_path: Path) -> None:
     path = tmp_path / "old.ckpt"
     torch.save({"state_dict": source.state_dict(),
                 "hyper_parameters": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(CheckpointError, match=r"allow_pickle=True.*execute arbitrary code"):
+    with pytest.raises(CheckpointError, match=r"objects besides tensors \(argparse\.Namespace\).*"
+                                              r"allow_pickle=True.*execute arbitrary code"):
         load_checkpoint(tiny_dat(), path)
     model = tiny_dat().eval()
     load_checkpoint(model, path, allow_pickle=True)
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), source(x))
+
+
+class _Hostile:
+    """Pickles as a call of ``func(*args)``: what a malicious checkpoint runs when unpickled."""
+
+    def __init__(self, func, *args) -> None:
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def test_hostile_pickle_is_named_and_warned_about(tiny_dat, tmp_path: Path) -> None:
+    """Never loaded with allow_pickle: the refusal must name what the file would run."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "hostile.pth"
+    torch.save({"state_dict": tiny_dat().state_dict(),
+                "payload": _Hostile(os.system, f"touch {marker}"),
+                "extra": _Hostile(eval, "1 + 1")}, path)
+    system = f"{os.system.__module__}.system"  # posix.system / nt.system
+    with pytest.warns(UserWarning, match=r"DANGER: .*hostile\.pth would call builtins\.eval, "
+                                         rf"{re.escape(system)} when unpickled.*Do NOT load it"):
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(tiny_dat(), path)
+    message = str(err.value)
+    assert system in message and "builtins.eval" in message
+    assert "Do NOT load it with allow_pickle=True" in message
+    assert "If you trust" not in message and "docs.pytorch.org" not in message
+    assert not marker.exists()
+
+
+def test_ema_weights_of_a_task_checkpoint(tmp_path: Path, one_thread) -> None:
+    """A ClassificationTask trained with ema_decay stores model.* and model_ema.module.*."""
+    seed_everything(0)
+    task = ClassificationTask(num_classes=NUM_CLASSES, backbone="dat_tiny", ema_decay=0.5,
+                              backbone_kwargs=tiny_dat_kwargs("v1", NUM_CLASSES, img_size=32))
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, max_steps=2,
+                      default_root_dir=tmp_path)
+    trainer.fit(task, toy_loader(8))
+    path = tmp_path / "task.ckpt"
+    trainer.save_checkpoint(path)
+    ema, raw = task.model_ema.module.state_dict(), task.model.state_dict()
+    assert not torch.equal(ema["cls_head.weight"], raw["cls_head.weight"])
+
+    for prefer_ema, expected, prefix in ((True, ema, "model_ema.module."), (False, raw, "model.")):
+        model = DAT(**tiny_dat_kwargs("v1", NUM_CLASSES, img_size=32))
+        report = load_checkpoint(model, path, prefer_ema=prefer_ema)
+        assert report.prefix == prefix and report.ema == prefer_ema
+        assert report.loaded == list(expected) and not report.missing
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, expected[key]), key
+        other = "model." if prefer_ema else "model_ema.module."
+        assert {k for k in report.unexpected} == {other + k for k in expected}
+        reason = "raw (non-EMA) weights" if prefer_ema else "EMA copy of the weights"
+        assert all(r.startswith(reason) for r in report.unexpected.values())
+    assert "the EMA weights" in str(load_checkpoint(DAT(**tiny_dat_kwargs("v1", NUM_CLASSES,
+                                                                        img_size=32)), path))

@@ -288,9 +288,10 @@ def _outside_reason(key: str, prefix: str, copies: list[str]) -> str:
         return (f"outside the backbone prefix {prefix!r} (task head or other part of the source "
                 "model): not used")
     if _is_ema(prefix):
-        return "raw (non-EMA) weights of the source: the EMA copy was loaded (prefer_ema=False)"
+        return ("raw (non-EMA) weights of the source: the EMA copy was loaded instead "
+                "(prefer_ema=False loads these)")
     if _is_ema(copy):
-        return "EMA copy of the weights: the raw weights were loaded (prefer_ema=False)"
+        return "EMA copy of the weights: the raw weights were loaded as asked (prefer_ema=False)"
     return f"second copy of the weights under {copy!r}: the one under {prefix!r} was loaded"
 
 
