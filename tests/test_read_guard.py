@@ -85,10 +85,16 @@ def test_guard_fails_the_session_for_reads_during_collection(pytester: pytest.Py
 
 
 def test_allowed_folder_containing_the_repo_is_not_a_loophole(tmp_path: Path) -> None:
-    """A clone under the temp folder: the temp folder stays allowed, its other children do not."""
+    """A clone in the temp (or home) folder: that folder's allowance does not extend to the
+    repository's siblings, apart from caches and temporary files."""
     repo = _layout(tmp_path)
+    for name in (".cache", "tmpk2j4", "pytest-of-me"):  # tool caches, tempfile and pytest temps
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "x.txt").write_text("")
     with ReadGuard(repo, tmp_path, allowed=[tmp_path.parent, tmp_path / "venv"]) as guard:
         (repo / "data.txt").read_text()
         (tmp_path / "venv" / "lib.txt").read_text()
+        for name in (".cache", "tmpk2j4", "pytest-of-me"):
+            (tmp_path / name / "x.txt").read_text()
         (tmp_path / "shared" / "data.txt").read_text()
     assert guard.offences == {"<collection>": [str((tmp_path / "shared" / "data.txt").resolve())]}
