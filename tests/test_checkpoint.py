@@ -328,14 +328,23 @@ def test_hostile_pickle_is_named_and_warned_about(tiny_dat, tmp_path: Path) -> N
                 "extra": _Hostile(eval, "1 + 1")}, path)
     system = f"{os.system.__module__}.system"  # posix.system / nt.system
     with pytest.warns(UserWarning, match=r"DANGER: .*hostile\.pth would call builtins\.eval, "
-                                         rf"{re.escape(system)} when unpickled.*Do NOT load it"):
+                                         rf"{re.escape(system)} when unpickled.*Do not load it"):
         with pytest.raises(CheckpointError) as err:
             load_checkpoint(tiny_dat(), path)
     message = str(err.value)
     assert system in message and "builtins.eval" in message
-    assert "Do NOT load it with allow_pickle=True" in message
+    assert "Do not load it (allow_pickle=True refuses it too)" in message
     assert "If you trust" not in message and "docs.pytorch.org" not in message
     assert not marker.exists()
+
+
+def test_allow_pickle_still_refuses_code_execution(tiny_dat, tmp_path: Path) -> None:
+    """The pickle is scanned before full unpickling (the payload here is harmless if it ran)."""
+    path = tmp_path / "calls_getcwd.pth"
+    torch.save({"state_dict": tiny_dat().state_dict(), "payload": _Hostile(os.getcwd)}, path)
+    with pytest.warns(UserWarning, match=rf"DANGER: .*would call {os.getcwd.__module__}\.getcwd"):
+        with pytest.raises(CheckpointError, match="allow_pickle=True refuses it too"):
+            load_checkpoint(tiny_dat(), path, allow_pickle=True)
 
 
 def test_ema_weights_of_a_task_checkpoint(tmp_path: Path, one_thread) -> None:

@@ -43,8 +43,8 @@ _EMA_SEGMENTS = {"ema", "model_ema", "ema_model"}
 _DANGEROUS_MODULES = {"os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "pty", "runpy",
                       "ctypes", "importlib", "pickle", "marshal", "code", "webbrowser",
                       "multiprocessing", "urllib", "http"}
-_DANGEROUS_BUILTINS = {"eval", "exec", "compile", "__import__", "open", "getattr", "setattr",
-                       "delattr", "globals", "vars", "breakpoint", "input"}
+_DANGEROUS_BUILTINS = {"eval", "exec", "compile", "__import__", "open", "setattr", "delattr",
+                       "globals", "vars", "breakpoint", "input"}  # not getattr: enums pickle with it
 _MIN_MATCH_FRACTION = 0.5  # below this share of the model's keys a checkpoint is another model
 
 
@@ -116,7 +116,8 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
 
     ``torch.load`` runs with ``weights_only=True``, which only rebuilds tensors and plain
     containers. ``allow_pickle=True`` unpickles arbitrary objects: only for files from a source you
-    trust, since unpickling can execute code.
+    trust, since unpickling can execute code. Either way a file whose pickle would call something
+    that runs commands or code (``os.system``, ``eval``, ...) is refused, with a warning.
     """
     path = Path(path)
     with path.open("rb") as f:
@@ -133,6 +134,8 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
         raise CheckpointError(
             f"{path} is not a checkpoint: it looks like {_file_kind(head)} (starts with "
             f"{head[:8]!r}); expected a torch.save file (.pth/.pt/.ckpt) or a .safetensors file")
+    if allow_pickle and (danger := [n for n in _blocked_globals(path) if _is_dangerous(n)]):
+        raise _dangerous(path, danger)
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as exc:
@@ -145,14 +148,14 @@ def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> A
                               "again") from exc
 
 
-def _blocked_globals(path: Path, exc: Exception) -> list[str]:
-    """The globals a refused file would call: torch's scan of the pickle (no code runs), else
-    the names in torch's message."""
+def _blocked_globals(path: Path, exc: Exception | None = None) -> list[str]:
+    """The globals outside torch's safe list that the file's pickle would call: torch's scan of
+    the pickle (no code runs), else the names in the message of torch's refusal ``exc``."""
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # legacy or damaged pickle streams: fall back to torch's message
         found = []
-    return sorted(set(found) or set(re.findall(r"GLOBAL ([\w.]*\w)", str(exc))))
+    return sorted(set(found) or set(re.findall(r"GLOBAL ([\w.]*\w)", str(exc or ""))))
 
 
 def _is_dangerous(name: str) -> bool:
@@ -161,18 +164,23 @@ def _is_dangerous(name: str) -> bool:
             or (module in ("builtins", "__builtin__") and attr in _DANGEROUS_BUILTINS))
 
 
+def _dangerous(path: Path, danger: list[str]) -> CheckpointError:
+    """Warn about, and refuse, a file whose pickle would run commands or code."""
+    message = (f"{path} would call {', '.join(danger)} when unpickled: loading it runs commands "
+               "or code on your machine, which is how malicious checkpoints work. Do not load it "
+               "(allow_pickle=True refuses it too); delete it and get the weights from a trusted "
+               "source (a .safetensors file cannot run code)")
+    rank_zero_warn(f"DANGER: {message}")
+    return CheckpointError(f"refused {message}")
+
+
 def _refusal(path: Path, exc: Exception) -> CheckpointError:
     """The error for a file the weights-only load refused, naming what it would call; files that
-    would run commands or code also get a warning, and no invitation to ``allow_pickle``."""
+    would run commands or code get a warning, and no invitation to ``allow_pickle``."""
     names = _blocked_globals(path, exc)
     danger = [n for n in names if _is_dangerous(n)]
     if danger:
-        message = (f"{path} would call {', '.join(danger)} when unpickled: loading it runs "
-                   "commands or code on your machine, which is how malicious checkpoints work. "
-                   "Do NOT load it with allow_pickle=True; delete it and get the weights from a "
-                   "trusted source (a .safetensors file cannot run code)")
-        rank_zero_warn(f"DANGER: {message}")
-        return CheckpointError(f"refused {message}")
+        return _dangerous(path, danger)
     listed = ", ".join(names) if names else "not named by torch"
     return CheckpointError(
         f"{path} contains Python objects besides tensors ({listed}), which the safe weights-only "
@@ -257,7 +265,7 @@ def _model_name(model: nn.Module) -> str:
 
 # --- matching ------------------------------------------------------------------------------------
 def _is_ema(prefix: str) -> bool:
-    """``model_ema.module.``, ``ema.``, ``model.ema.``, ``state_dict_ema.``: an EMA copy."""
+    """``model_ema.module.``, ``ema.``, ``model.ema.``, ``*_ema.``: the prefix of an EMA copy."""
     return any(seg in _EMA_SEGMENTS or seg.endswith("_ema") for seg in prefix.split(".")[:-1])
 
 
@@ -472,7 +480,8 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | Mapping[str, t
         allow_pickle: fully unpickle the file instead of the safe weights-only load. Unpickling
             can execute arbitrary code: use it only for files from a source you trust. A
             refused file's error names the globals it would call; files that would run
-            commands or code (``os.system``, ``eval``, ...) are also warned about.
+            commands or code (``os.system``, ``eval``, ...) are warned about and refused even
+            with ``allow_pickle=True``.
         prefer_ema: when the checkpoint holds the weights twice, raw and as an EMA copy (a task
             checkpoint trained with ``ema_decay``: ``model.*`` and ``model_ema.module.*``), load
             the EMA copy, the one validated and used to pick the best checkpoint
