@@ -4,10 +4,11 @@ The repository must carry everything its tests read (``tests/fixtures``): a fres
 ``../shared`` or sibling checkout. :class:`ReadGuard` watches ``open``/``os.listdir``/``os.scandir``
 audit events (:func:`sys.addaudithook`) for paths under a *watched root* (the repository's parent
 folder) and records those outside the repository and outside the allowed folders (virtual
-environment, temporary folders, an explicit fixtures override). Entries of the watched root named
-like tool caches or temporary files (``.cache``, ``.config``, ``tmpXXXX``, ``pytest-of-USER``)
-are ignored too: they are what a clone in the home or temp folder sits beside. A test that caused such an open
-gets an error naming the path; opens outside any test (collection) fail the session.
+environment, temporary folders, an explicit fixtures override). Entries of the watched root
+named like tool caches or temporary files (``.cache``, ``.config``, ``tmpXXXX``,
+``pytest-of-USER``) are ignored too: a clone in the home or temp folder sits beside them. A test
+that caused such an open gets an error naming the path; opens outside any test (collection) fail
+the session.
 
 Subprocesses the tests start are not watched (an audit hook lives in one interpreter).
 """
@@ -62,7 +63,8 @@ class ReadGuard:
         real = os.path.realpath(path)
         if _inside(real, self.repo) or any(_inside(real, a) for a in self.allowed):
             return
-        if os.path.relpath(path, self.watched).startswith(_IGNORED_NAMES):
+        entry = os.path.relpath(path, self.watched)
+        if entry != "." and entry.startswith(_IGNORED_NAMES):
             return
         found = self.offences.setdefault(self.current, [])
         if real not in found:
