@@ -69,8 +69,9 @@ def from_official_dense_config(config: Mapping[str, Any], **overrides: Any) -> D
     Honoured: every architecture option of the official classification constructor (``dims``,
     ``depths``, ``stage_spec``, ``img_size``, ``drop_path_rate``, ...), and
     ``out_indices`` (the stages returned, each after its ``norms.i`` LayerNorm; the official
-    forward also returns the unlisted stages without norm, which every official config avoids by
-    listing all four), ``use_checkpoint`` (activation checkpointing of every block in training),
+    forward also returns the unlisted stages, without norm: with all four listed, as in the
+    official fixtures' configs, the outputs are the same), ``use_checkpoint`` (activation
+    checkpointing of every block in training),
     ``init_cfg=dict(type="Pretrained", checkpoint=path)`` (loaded strictly with
     :func:`~dat_lightning.models.load_checkpoint`; ``checkpoint=None`` loads nothing).
 
