@@ -92,7 +92,8 @@ def remove_stale_parts(target: Path, older_than_s: float = STALE_PART_S) -> list
     return stale
 
 
-def download_url(url: str, target: str | os.PathLike, *, what: str | None = None, hint: str = "",
+def download_url(url: str, target: str | os.PathLike, *, what: str | None = None,
+                 hint: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, progress: bool = True, md5: str | None = None,
                  sha256: str | None = None,
                  check_head: Callable[[bytes, str], str | None] | None = None) -> str:
@@ -102,8 +103,8 @@ def download_url(url: str, target: str | os.PathLike, *, what: str | None = None
         url: what to fetch.
         target: final path; its folder is created.
         what: how messages name the file (default: its file name).
-        hint: what the user can do instead (appended to every error); by default, how to place
-            the file by hand.
+        hint: what the user can do instead (appended to every error); by default (``None``), how
+            to place the file by hand.
         timeout: seconds the connection and each read may stall.
         progress: show a tqdm progress bar.
         md5: expected MD5 (as the datasets publish), checked before the file is kept.
@@ -116,8 +117,8 @@ def download_url(url: str, target: str | os.PathLike, *, what: str | None = None
     """
     target = Path(target)
     what = what or target.name
-    hint = hint or (f"Without network access, download {url} on another machine and copy it to "
-                    f"{target}.")
+    if hint is None:
+        hint = f"Without network access, download {url} on another machine and copy it to {target}."
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def fake_server(payload: bytes = b"", mode: str = "serve",
-                content_type: str = "application/octet-stream") -> Iterator[str]:
-    """Yield the URL of a one-thread server answering every request according to ``mode``.
+def fake_server(payload: bytes = b"", mode: str = "serve", content_type: str = "application/octet-stream",
+                name: str = "file") -> Iterator[str]:
+    """Yield the URL (``.../<name>``) of a one-thread server answering every request as ``mode`` says.
 
     ``"serve"`` sends ``payload``; ``"cut"`` announces its full length, sends half and closes;
     ``"stall"`` sends the headers and half, then keeps the connection open without sending;
@@ -47,7 +47,7 @@ def fake_server(payload: bytes = b"", mode: str = "serve",
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/file?dl=1"
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/{name}"
     finally:
         stop.set()
         thread.join()
