@@ -485,7 +485,7 @@ class BaseDataModule(L.LightningDataModule):
     def state_dict(self) -> dict[str, Any]:
         """Where training is in its epoch (saved in checkpoints, so a resume continues the data stream)."""
         trainer = self.trainer
-        if trainer is None or not trainer.training:
+        if trainer is None or trainer.state.fn != "fit":
             return {}
         epoch = trainer.current_epoch
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed
