@@ -112,7 +112,9 @@ def image_size(image: ImageLike, decode: bool = False) -> tuple[int, int]:
     try:
         with Image.open(image) as handle:
             width, height = handle.size
-            rotated = handle.getexif().get(0x0112) in (5, 6, 7, 8)
+            # EXIF from the header only: a PNG without an early eXIf chunk would decode for getexif()
+            has_exif = handle.format in ("JPEG", "MPO", "TIFF") or "exif" in handle.info
+            rotated = has_exif and handle.getexif().get(0x0112) in (5, 6, 7, 8)
     except (OSError, SyntaxError, ValueError) as err:
         raise UnreadableImageError(f"cannot read image {image}: {err}") from err
     return (width, height) if rotated else (height, width)
