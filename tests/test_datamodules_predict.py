@@ -39,12 +39,12 @@ class Guess(L.LightningModule):
 @pytest.mark.parametrize("listing", ["folder", "txt", "csv"])
 def test_predict_writes_one_row_per_unlabelled_image(tmp_path, listing):
     paths = unlabelled(tmp_path)
-    source = {"folder": tmp_path / "shots", "txt": tmp_path / "list.txt", "csv": tmp_path / "list.csv"}[listing]
+    source = {"folder": "shots", "txt": "list.txt", "csv": "list.csv"}[listing]
     relative = [str(Path(p).relative_to(tmp_path)) for p in paths]
     (tmp_path / "list.txt").write_text("\n".join(relative) + "\n")
     (tmp_path / "list.csv").write_text("path,comment\n" + "\n".join(f"{p},x" for p in relative) + "\n",
                                        encoding="utf-8-sig")
-    dm = DigitsDataModule(predict_images=str(source), num_workers=0, batch_size=2)
+    dm = DigitsDataModule(predict_images=str(tmp_path / source), num_workers=0, batch_size=2)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
                         callbacks=[PredictionWriter(str(tmp_path / "out"))])
     trainer.predict(Guess(), datamodule=dm, return_predictions=False)
