@@ -380,24 +380,26 @@ class BaseDataModule(L.LightningDataModule):
         """Build (once) the datasets that ``stage`` needs (all for ``None``) and check their samples."""
         self._build_transforms()
         wanted = STAGE_SPLITS.get(stage, ()) if stage is not None else ("train", "val", "test", "predict")
-        for split in wanted:
-            if getattr(self, f"{split}_dataset") is not None:
-                continue
-            if split == "predict" and self.predict_images is not None:
-                dataset = ImageListDataset(read_path_list(self.predict_images), self._predict_transform)
-                self.predict_dataset = self._checked(dataset, "predict")
-                continue
-            source, indices = self._split_indices()["test" if split == "predict" else split]
-            transform = self.train_transform if split == "train" else self.eval_transform
-            dataset = self.dataset_class(
-                source,
-                transform,
-                self.num_classes,
-                indices,
-                with_ids=split == "predict",
-                **self._dataset_options(),
-            )
-            setattr(self, f"{split}_dataset", self._checked(dataset, split))
+        if "train" in wanted and self.train_dataset is None:
+            self.train_dataset = self._dataset("train", self.train_transform)
+        if "val" in wanted and self.val_dataset is None:
+            self.val_dataset = self._dataset("val", self.eval_transform)
+        if "test" in wanted and self.test_dataset is None:
+            self.test_dataset = self._dataset("test", self.eval_transform)
+        if "predict" in wanted and self.predict_dataset is None:
+            if self.predict_images is not None:
+                images = ImageListDataset(read_path_list(self.predict_images), self._predict_transform)
+                self.predict_dataset = self._checked(images, "predict")
+            else:
+                self.predict_dataset = self._dataset("test", self.eval_transform, with_ids=True)
+
+    def _dataset(self, split: Split, transform: A.Compose, with_ids: bool = False) -> SampleDataset:
+        """The checked dataset of ``split``."""
+        source, indices = self._split_indices()[split]
+        dataset = self.dataset_class(
+            source, transform, self.num_classes, indices, with_ids=with_ids, **self._dataset_options()
+        )
+        return self._checked(dataset, "predict" if with_ids else split)
 
     def _split_indices(self) -> dict[str, tuple[Source, list[int]]]:
         """The source and indices of each split (computed once)."""

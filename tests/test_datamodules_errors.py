@@ -42,6 +42,10 @@ def test_missing_root_shows_layout_and_download_hint(tmp_path):
     message = str(err.value)
     assert "nowhere" in message and "cifar-10-batches-py/" in message and "data_batch_1" in message
     assert "download=True" in message and "cs.toronto.edu" in message
+    assert f"the folder {tmp_path / 'nowhere'} does not exist" in message
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"{tmp_path / 'file'} is a file, not a folder")):
+        CIFAR10DataModule(str(tmp_path / "file"), **SMALL).setup("fit")
 
 
 def test_missing_folder_without_download_says_where_to_place_files(tmp_path):
