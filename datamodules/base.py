@@ -321,6 +321,8 @@ class BaseDataModule(L.LightningDataModule):
         self.predict_dataset: SampleDataset | None = None
         self._splits: dict[str, tuple[Source, list[int]]] | None = None
         self._resume: tuple[int, int] | None = None
+        self._scanned: dict[tuple[int, int], Exception | None] = {}
+        self._skipped: set[tuple[int, int]] = set()
 
     # -- what subclasses provide ------------------------------------------------------------------
     def _source(self, split: Split) -> Source | None:
@@ -373,6 +375,7 @@ class BaseDataModule(L.LightningDataModule):
         evaluation = self._eval_augment or eval_preset(self.task, self.image_size)
         self.train_transform = build_transform(self.task, train, self.mean, self.std)
         self.eval_transform = build_transform(self.task, evaluation, self.mean, self.std)
+        # unlabelled images carry no boxes or masks, so no task-specific target handling
         self._predict_transform = build_transform("classification", evaluation, self.mean, self.std)
 
     # -- LightningDataModule ----------------------------------------------------------------------
@@ -420,12 +423,21 @@ class BaseDataModule(L.LightningDataModule):
         return self._splits
 
     def _checked(self, dataset: SampleDataset, split: str) -> SampleDataset:
-        """Scan ``dataset`` as ``validate`` / ``on_bad_image`` say; drop or report the bad samples."""
+        """Scan ``dataset`` as ``validate`` / ``on_bad_image`` say; drop or report the bad samples.
+
+        Each record is scanned once, also where splits share it (test reusing validation).
+        """
         skip = self.on_bad_image == "skip"
         if self.validate == "off" and not skip:
             return dataset
         decode = skip or self.validate == "full"
-        problems = {i: p for i in range(len(dataset)) if (p := dataset.problem(i, decode)) is not None}
+        problems: dict[int, Exception] = {}
+        for i, index in enumerate(dataset.indices):
+            key = (id(dataset.source), index)
+            if key not in self._scanned:
+                self._scanned[key] = dataset.problem(i, decode)
+            if self._scanned[key] is not None:
+                problems[i] = self._scanned[key]
         if not problems:
             return dataset
         listing = "\n".join(f"  {p}" for p in list(problems.values())[:10])
@@ -433,17 +445,22 @@ class BaseDataModule(L.LightningDataModule):
         name = type(self).__name__
         summary = f"{name}: {len(problems)} of {len(dataset)} {split} samples are bad:\n{listing}{more}"
         if skip:
-            self.skipped_images += [str(dataset.source[dataset.indices[i]][0]) for i in problems]
-            warnings.warn(
-                f'{summary}\nThey were left out (on_bad_image="skip").', SkippedImagesWarning, stacklevel=3
-            )
+            new = [i for i in problems if (id(dataset.source), dataset.indices[i]) not in self._skipped]
+            self._skipped.update((id(dataset.source), dataset.indices[i]) for i in new)
+            self.skipped_images += [str(dataset.source[dataset.indices[i]][0]) for i in new]
+            if new:  # a split that reuses another's records is not reported twice
+                warnings.warn(
+                    f'{summary}\nThey were left out (on_bad_image="skip").',
+                    SkippedImagesWarning,
+                    stacklevel=3,
+                )
             dataset.indices = [index for i, index in enumerate(dataset.indices) if i not in problems]
             return dataset
         hint = (
             '\nFix or remove them, or pass on_bad_image="skip" to leave them out '
             '(validate="off" skips this check).'
         )
-        unreadable = all(p.startswith("cannot read") for p in problems.values())
+        unreadable = all(isinstance(p, UnreadableImageError) for p in problems.values())
         raise (UnreadableImageError if unreadable else InvalidSampleError)(summary + hint)
 
     def _loader(self, dataset: SampleDataset | None, **options: Any) -> DataLoader:

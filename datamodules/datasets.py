@@ -105,15 +105,15 @@ class SampleDataset(Dataset):
             sample["id"] = name
         return sample
 
-    def problem(self, i: int, decode: bool) -> str | None:
-        """What is wrong with sample ``i`` (missing or unreadable file, target that does not fit), or
-        ``None``. Without ``decode`` only file headers are read."""
+    def problem(self, i: int, decode: bool) -> UnreadableImageError | InvalidSampleError | None:
+        """What is wrong with sample ``i`` (a missing or unreadable file, a target that does not fit),
+        or ``None``. Without ``decode`` only file headers are read."""
         index = self.indices[i]
         try:
             image, target = self.source[index]
             self._check(image_size(image, decode), target, sample_name(image, index), decode)
         except (UnreadableImageError, InvalidSampleError) as err:
-            return str(err)
+            return err
         return None
 
     def _check(self, size: tuple[int, int], target: Any, name: str, decode: bool) -> None:

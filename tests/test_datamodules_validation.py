@@ -91,7 +91,7 @@ def test_skip_scan_reads_masks_with_the_mask_reader(tmp_path):
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
     save_mask(tmp_path / "masks" / "train" / "4.png", (1, 1, 5, 5), 9, 40)  # class 9 of 3
     dm = SegmentationFolderDataModule(
-        str(tmp_path), classes=["bg", "a", "b"], on_bad_image="skip", val_fraction=0.2, **SMALL
+        str(tmp_path), classes=["bg", "a", "b"], on_bad_image="skip", val_fraction=0.6, **SMALL
     )
     with pytest.warns(SkippedImagesWarning) as record:
         dm.setup()
@@ -101,6 +101,10 @@ def test_skip_scan_reads_masks_with_the_mask_reader(tmp_path):
     kept = [dataset.source[i][0] for dataset in (dm.train_dataset, dm.val_dataset) for i in dataset.indices]
     assert sorted(kept) == [str(tmp_path / "images" / "train" / f"{i}.png") for i in (0, 2)]
     assert len(dm.skipped_images) == 3
+    # setup() also built the test split, which reuses validation (3 of 5 records, so at least one bad
+    # one): its bad records are not reported twice
+    counts = [int(re.search(r"(\d+) of \d+ \w+ samples are bad", str(w.message)).group(1)) for w in record]
+    assert sum(counts) == 3 and len(dm.test_dataset) == len(dm.val_dataset)
 
 
 def test_full_scan_finds_truncated_images(tmp_path):
