@@ -603,8 +603,12 @@ class PublicDataModule(BaseDataModule):
 
     def prepare_data(self) -> None:
         """Download the dataset if ``download=True`` and it is missing (one process per node)."""
-        if self.download and not (Path(self.root) / self.marker).exists():
+        if self.download and not self._in_place():
             download_or_clean(self.root, self._download, self.urls, self.layout)
+
+    def _in_place(self) -> bool:
+        """Whether the dataset is already under ``root``."""
+        return (Path(self.root) / self.marker).exists()
 
     def _download(self) -> None:
         for resource in self.resources:

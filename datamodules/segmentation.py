@@ -130,6 +130,9 @@ class ADE20KDataModule(_PublicSegmentationDataModule):
 
     classes = ADE20K_CLASSES
 
+    def _in_place(self) -> bool:
+        return super()._in_place() or (Path(self.root) / "images" / "training").is_dir()
+
     def _source(self, split: Split) -> Source | None:
         if split == "test":
             return None

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from datamodules_fakes import BRIGHT, DARK, write_ade, write_coco, write_seg_folder, write_voc
+from download_fakes import closed_port
 
 from datamodules import (
     ADE20KDataModule,
@@ -14,6 +15,7 @@ from datamodules import (
     VOCDetectionDataModule,
     VOCSegmentationDataModule,
 )
+from datamodules.base import Resource
 from datamodules.class_names import VOC_CLASSES
 from datamodules.plotting import denormalize
 
@@ -68,8 +70,11 @@ def test_segmentation_folder_palette_masks(tmp_path):
     assert set(mask.unique().tolist()) <= {0, 1, 2} and mask.max() > 0
 
 
-def test_ade20k_reduces_zero_label(tmp_path):
+def test_ade20k_reduces_zero_label(tmp_path, monkeypatch):
     write_ade(tmp_path)
+    monkeypatch.setattr(ADE20KDataModule, "resources", (Resource(f"http://127.0.0.1:{closed_port()}/a.zip"),))
+    for root in (tmp_path, tmp_path / "ADEChallengeData2016"):  # in place: nothing to download
+        ADE20KDataModule(str(root), download=True).prepare_data()
     dm = ADE20KDataModule(str(tmp_path), **SMALL)
     assert dm.num_classes == 150 and len(dm.class_names) == 150
     check_segmentation(dm, 150)
