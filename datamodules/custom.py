@@ -38,7 +38,10 @@ class CustomDataModule(BaseDataModule):
 
     The datamodule adds the augmentation presets (or a recipe's pipeline), a seeded validation split
     when ``val`` is not given (stratified by ``stratify_labels``, or by the dataset's ``targets``
-    attribute as torchvision datasets have), the loaders and :meth:`plot`. Example::
+    attribute as torchvision datasets have), the setup scan of every sample, the loaders and
+    :meth:`plot`. The presets suit photos: a random resized crop of ``crop_scale=(0.08, 1.0)`` of
+    the area and a horizontal flip with ``hflip=0.5``; for digits, text or symbols pass
+    ``hflip=0.0, crop_scale=(0.6, 1.0)`` (or ``train_transforms``). Example::
 
         import numpy as np
         from datamodules import CustomDataModule
