@@ -65,6 +65,14 @@ def sample_name(image: ImageLike, index: int) -> str:
     return str(image) if isinstance(image, (str, Path)) else str(index)
 
 
+def _is_integer(value: Any) -> bool:
+    """A whole number (``3``, ``3.0``, a 0-d array), not ``3.7``, a string or a vector."""
+    try:
+        return np.ndim(value) == 0 and float(value).is_integer()
+    except (TypeError, ValueError):
+        return False
+
+
 def _to_chw(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
@@ -149,7 +157,7 @@ class ClassificationDataset(SampleDataset):
 
     def _label(self, target: Any, name: str) -> torch.Tensor:
         if not self.multi_label:
-            if np.ndim(target) != 0 or not float(target).is_integer():
+            if not _is_integer(target):
                 raise InvalidSampleError(
                     f"label {target!r} of {name} is not a class index (an integer 0..{self.num_classes - 1})"
                 )

@@ -29,7 +29,8 @@ def one_image(tmp_path) -> str:
 
 
 @pytest.mark.parametrize(("label", "complaint"), [(-1, "outside 0..2"), (3, "outside 0..2"),
-                                                  (3.7, "is not a class index")])
+                                                  (3.7, "is not a class index"),
+                                                  ("cat", "is not a class index")])
 def test_adapter_labels_are_checked_at_setup(tmp_path, label, complaint):
     path = one_image(tmp_path)
     dm = CustomDataModule([(path, 0), (path, label), (path, 2.0)], val=[(path, 1)], num_classes=3, **SMALL)
