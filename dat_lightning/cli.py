@@ -27,9 +27,12 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import datamodules
-from dat_lightning.callbacks import OffsetGuard, OffsetStatistics, PredictionWriter, TaskCheckpoint
-from dat_lightning.tasks import BaseTask
+from dat_lightning.datamodules_import import import_datamodules
+
+datamodules = import_datamodules()  # the project's, also when run from a project with its own
+
+from dat_lightning.callbacks import OffsetGuard, OffsetStatistics, PredictionWriter, TaskCheckpoint  # noqa: E402
+from dat_lightning.tasks import BaseTask  # noqa: E402
 
 
 def default_precision() -> str:

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import csv
+import json
+import pickle
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
+from scipy.io import loadmat
 from sklearn.datasets import load_digits
 from torchvision import datasets as tvd
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from datamodules.base import BaseDataModule, PublicDataModule, Split
-from datamodules.class_names import CIFAR10_CLASSES, CIFAR100_CLASSES, FOOD101_CLASSES, OXFORD_PETS_CLASSES
+from datamodules.base import ClassificationDataModule, PublicDataModule, Resource, Split
+from datamodules.class_names import (
+    CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
+    FOOD101_CLASSES,
+    OXFORD_PETS_CLASSES,
+)
 from datamodules.datasets import Records, Source
 from datamodules.io import DatasetNotFoundError, InvalidSampleError
 
@@ -47,7 +56,7 @@ class _UpsampledDigits:
         return np.repeat(image[..., None], 3, axis=2), self.targets[index]
 
 
-class DigitsDataModule(BaseDataModule):
+class DigitsDataModule(ClassificationDataModule):
     """scikit-learn's handwritten digits (1,797 real 8x8 images, 10 classes), shipped with the package.
 
     Needs no download and no ``root``: the embedded default for demos and tests. Images are upsampled
@@ -76,8 +85,8 @@ class DigitsDataModule(BaseDataModule):
         return _UpsampledDigits(self.image_size) if split == "train" else None
 
 
-class CIFAR10DataModule(PublicDataModule):
-    """CIFAR-10 (50,000 train / 10,000 test 32x32 images, 10 classes), read by torchvision.
+class CIFAR10DataModule(PublicDataModule, ClassificationDataModule):
+    """CIFAR-10 (50,000 train / 10,000 test 32x32 images, 10 classes), the python version's pickles.
 
     Validation is a stratified ``val_fraction`` of the training batches; test is the test batch.
 
@@ -87,24 +96,47 @@ class CIFAR10DataModule(PublicDataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    reader: type[tvd.CIFAR10] = tvd.CIFAR10
-    urls = (tvd.CIFAR10.url,)
+    resources = (
+        Resource(
+            "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a"
+        ),
+    )
+    marker = "cifar-10-batches-py"
     layout = "cifar-10-batches-py/\n    data_batch_1 ... data_batch_5\n    test_batch\n    batches.meta"
     classes = CIFAR10_CLASSES
-
-    def _download(self) -> None:
-        self.reader(self.root, download=True)
+    #: Pickles of each split and the key of their labels.
+    files: ClassVar[dict[str, tuple[str, ...]]] = {
+        "train": tuple(f"data_batch_{i}" for i in range(1, 6)),
+        "test": ("test_batch",),
+    }
+    label_key = "labels"
 
     def _source(self, split: Split) -> Source | None:
         if split == "val":
             return None
-        self._require(self.root, self.reader.base_folder, download_hint=True)
-        dataset = self._open(self.reader, root=self.root, train=split == "train")
-        return Records(dataset.data, dataset.targets)
+        folder = self._require(
+            self.root, *(f"{self.marker}/{name}" for name in self.files[split]), download_hint=True
+        )
+        images, targets = [], []
+        for name in self.files[split]:
+            path = folder / self.marker / name
+            try:
+                with open(path, "rb") as handle:
+                    batch = pickle.load(handle, encoding="latin1")
+                images.append(
+                    np.asarray(batch["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+                )
+                targets += list(batch[self.label_key])
+            except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as err:
+                raise DatasetNotFoundError(
+                    f"{path} is not a CIFAR batch ({type(err).__name__}: {err}); replace it with the "
+                    "original file (download=True downloads it)"
+                ) from err
+        return Records(np.concatenate(images), targets)
 
 
 class CIFAR100DataModule(CIFAR10DataModule):
-    """CIFAR-100 (fine labels, 100 classes), read by torchvision; the same splits as CIFAR-10.
+    """CIFAR-100 (fine labels, 100 classes), the python version's pickles; the same splits as CIFAR-10.
 
     Args:
         root: folder holding ``cifar-100-python`` (or to download into).
@@ -112,10 +144,16 @@ class CIFAR100DataModule(CIFAR10DataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    reader = tvd.CIFAR100
-    urls = (tvd.CIFAR100.url,)
+    resources = (
+        Resource(
+            "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85"
+        ),
+    )
+    marker = "cifar-100-python"
     layout = "cifar-100-python/\n    train\n    test\n    meta"
     classes = CIFAR100_CLASSES
+    files: ClassVar[dict[str, tuple[str, ...]]] = {"train": ("train",), "test": ("test",)}
+    label_key = "fine_labels"
 
 
 def _check_class_folders(root: Path, classes: Sequence[str], extensions: tuple[str, ...]) -> None:
@@ -128,7 +166,7 @@ def _check_class_folders(root: Path, classes: Sequence[str], extensions: tuple[s
             )
 
 
-class ImageFolderDataModule(BaseDataModule):
+class ImageFolderDataModule(ClassificationDataModule):
     """Images in one sub-folder per class (``root/<class>/<image>``), torchvision's ImageFolder layout.
 
     Classes are the sorted sub-folder names of ``root`` (scanned in ``__init__``, so ``num_classes``
@@ -168,7 +206,14 @@ class ImageFolderDataModule(BaseDataModule):
         return Records([path for path, _ in samples], [label for _, label in samples])
 
 
-class CSVDataModule(BaseDataModule):
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+class CSVDataModule(ClassificationDataModule):
     """Images listed in CSV manifests: ``path,label`` rows, or multi-label columns.
 
     Single-label: ``label_column`` holds a class name or a class index. Multi-label (``multi_label``):
@@ -220,19 +265,36 @@ class CSVDataModule(BaseDataModule):
         elif label_columns is not None:
             self.class_names = list(label_columns)
         else:
-            found = {name for row in rows for name in self._names(row)}
-            if found and all(name.lstrip("-").isdigit() for name in found):
-                self.class_names = [str(i) for i in range(max(int(n) for n in found) + 1)]
-            else:
-                self.class_names = sorted(found)
+            self.class_names = self._infer_classes(rows, Path(root) / train_csv)
         self.num_classes = len(self.class_names)
 
-    def _dataset_options(self) -> dict[str, Any]:
-        return {"multi_label": self.multi_label}
+    def _infer_classes(self, rows: list[dict[str, str]], path: Path) -> list[str]:
+        """Sorted class names, or ``"0".."max"`` when every label is a number (``3`` or ``3.0``)."""
+        found = {name for row in rows for name in self._names(row)}
+        numbers = {name: _number(name) for name in found}
+        if not found or None in numbers.values():
+            return sorted(found)
+        bad = sorted(name for name, value in numbers.items() if value < 0 or not value.is_integer())
+        if bad:
+            raise InvalidSampleError(
+                f"{path}: labels {bad} are not class indices (integers from 0); use whole numbers or class "
+                "names"
+            )
+        present = {int(value) for value in numbers.values()}
+        names = [str(i) for i in range(max(present) + 1)]
+        empty = [name for i, name in enumerate(names) if i not in present]
+        if empty:
+            warnings.warn(
+                f"{path}: numeric labels make classes 0..{len(names) - 1}, but classes {empty} have no "
+                "sample (labels counted from 1?). Renumber the labels from 0, or pass classes=[...] "
+                "naming every class.",
+                stacklevel=3,
+            )
+        return names
 
     def _rows(self, name: str) -> list[dict[str, str]]:
         path = Path(self.root) / name
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets' "CSV UTF-8"
             reader = csv.DictReader(handle)
             wanted = [self.image_column, *(self.label_columns or [self.label_column])]
             missing = [c for c in wanted if c not in (reader.fieldnames or [])]
@@ -251,10 +313,11 @@ class CSVDataModule(BaseDataModule):
             return np.asarray([int(float(row[c])) for c in self.label_columns], dtype=np.int64)
         indices = []
         for name in self._names(row):
+            number = _number(name)
             if name in self.class_names:
                 indices.append(self.class_names.index(name))
-            elif name.lstrip("-").isdigit():
-                index = int(name)
+            elif number is not None and number.is_integer():
+                index = int(number)
                 if not 0 <= index < self.num_classes:
                     raise InvalidSampleError(
                         f"{where}: label {index} is outside 0..{self.num_classes - 1} "
@@ -281,8 +344,8 @@ class CSVDataModule(BaseDataModule):
         return Records([str(Path(self.root) / row[self.image_column]) for row in rows], targets)
 
 
-class OxfordPetsDataModule(PublicDataModule):
-    """Oxford-IIIT Pet (37 breeds), read by torchvision; val is a stratified split of ``trainval``.
+class OxfordPetsDataModule(PublicDataModule, ClassificationDataModule):
+    """Oxford-IIIT Pet (37 breeds) from its annotation lists; val is a stratified split of ``trainval``.
 
     Args:
         root: folder holding ``oxford-iiit-pet`` (or to download into).
@@ -290,29 +353,55 @@ class OxfordPetsDataModule(PublicDataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    urls = tuple(url for url, _ in tvd.OxfordIIITPet._RESOURCES)
+    resources = (
+        Resource(
+            "https://www.robots.ox.ac.uk/~vgg/data/pets/data/images.tar.gz",
+            "5c4f3ee8e5d25df40f4fd59a7f44e54c",
+            "oxford-iiit-pet",
+        ),
+        Resource(
+            "https://www.robots.ox.ac.uk/~vgg/data/pets/data/annotations.tar.gz",
+            "95a8c909bbe2e81eed6a22bccdf3f68f",
+            "oxford-iiit-pet",
+        ),
+    )
+    marker = "oxford-iiit-pet/annotations"
     layout = (
         "oxford-iiit-pet/\n    images/<Breed_name>_<n>.jpg\n    annotations/trainval.txt, test.txt "
         "(lines: <image id> <class id 1..37> <species> <breed id>)"
     )
-
     classes = OXFORD_PETS_CLASSES
-
-    def _download(self) -> None:
-        tvd.OxfordIIITPet(self.root, download=True)
 
     def _source(self, split: Split) -> Source | None:
         if split == "val":
             return None
-        self._require(self.root, "oxford-iiit-pet/images", "oxford-iiit-pet/annotations", download_hint=True)
-        dataset = self._open(
-            tvd.OxfordIIITPet, root=self.root, split="trainval" if split == "train" else "test"
+        name = "trainval" if split == "train" else "test"
+        base = (
+            self._require(
+                self.root,
+                "oxford-iiit-pet/images",
+                f"oxford-iiit-pet/annotations/{name}.txt",
+                download_hint=True,
+            )
+            / "oxford-iiit-pet"
         )
-        return Records([str(p) for p in dataset._images], dataset._labels)
+        listing = base / "annotations" / f"{name}.txt"
+        paths, targets = [], []
+        for number, line in enumerate(listing.read_text().splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            fields = line.split()
+            if len(fields) != 4 or not fields[1].isdigit():
+                raise InvalidSampleError(
+                    f"{listing} line {number} is not '<image id> <class id> <species> <breed id>': {line!r}"
+                )
+            paths.append(str(base / "images" / f"{fields[0]}.jpg"))
+            targets.append(int(fields[1]) - 1)
+        return Records(paths, targets)
 
 
-class Flowers102DataModule(PublicDataModule):
-    """Oxford Flowers-102 with its official train/val/test splits, read by torchvision.
+class Flowers102DataModule(PublicDataModule, ClassificationDataModule):
+    """Oxford Flowers-102 with its official train/val/test splits (``setid.mat``, ``imagelabels.mat``).
 
     Args:
         root: folder holding ``flowers-102`` (or to download into).
@@ -320,22 +409,46 @@ class Flowers102DataModule(PublicDataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    urls = (tvd.Flowers102._download_url_prefix,)
-    layout = "flowers-102/\n    jpg/image_00001.jpg ...\n    imagelabels.mat\n    setid.mat"
-
+    resources = tuple(
+        Resource(f"https://www.robots.ox.ac.uk/~vgg/data/flowers/102/{name}", md5, "flowers-102")
+        for name, md5 in (
+            ("102flowers.tgz", "52808999861908f626f3c1f4e79d11fa"),
+            ("imagelabels.mat", "e0620be6f572b9609742df49c70aed4d"),
+            ("setid.mat", "a5357ecc9cb78c4bef273ce3793fc85c"),
+        )
+    )
+    marker = "flowers-102/setid.mat"
+    layout = (
+        "flowers-102/\n    jpg/image_00001.jpg ...\n    imagelabels.mat (labels 1..102)\n"
+        "    setid.mat (trnid, valid, tstid)"
+    )
     classes = tuple(tvd.Flowers102.classes)
 
-    def _download(self) -> None:
-        tvd.Flowers102(self.root, download=True)
-
     def _source(self, split: Split) -> Source | None:
-        self._require(self.root, "flowers-102/jpg", "flowers-102/imagelabels.mat", download_hint=True)
-        dataset = self._open(tvd.Flowers102, root=self.root, split=split)
-        return Records([str(p) for p in dataset._image_files], dataset._labels)
+        base = (
+            self._require(
+                self.root,
+                "flowers-102/jpg",
+                "flowers-102/imagelabels.mat",
+                "flowers-102/setid.mat",
+                download_hint=True,
+            )
+            / "flowers-102"
+        )
+        labels = np.asarray(loadmat(base / "imagelabels.mat", squeeze_me=True)["labels"]).reshape(-1)
+        ids = np.asarray(
+            loadmat(base / "setid.mat", squeeze_me=True)[
+                {"train": "trnid", "val": "valid", "test": "tstid"}[split]
+            ]
+        ).reshape(-1)
+        return Records(
+            [str(base / "jpg" / f"image_{i:05d}.jpg") for i in ids.tolist()],
+            [int(labels[i - 1]) - 1 for i in ids.tolist()],
+        )
 
 
-class Food101DataModule(PublicDataModule):
-    """Food-101 (101 dishes), read by torchvision; val is a stratified split of ``train``.
+class Food101DataModule(PublicDataModule, ClassificationDataModule):
+    """Food-101 (101 dishes) from its ``meta`` lists; val is a stratified split of ``train``.
 
     Args:
         root: folder holding ``food-101`` (or to download into).
@@ -343,24 +456,28 @@ class Food101DataModule(PublicDataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    urls = (tvd.Food101._URL,)
+    resources = (
+        Resource("http://data.vision.ee.ethz.ch/cvl/food-101.tar.gz", "85eeb15f3717b99a5da872d97d918f87"),
+    )
+    marker = "food-101/meta"
     layout = (
         'food-101/\n    images/<dish>/<id>.jpg\n    meta/train.json, test.json ({dish: ["<dish>/<id>", ...]})'
     )
-
     classes = FOOD101_CLASSES
-
-    def _download(self) -> None:
-        tvd.Food101(self.root, download=True)
 
     def _source(self, split: Split) -> Source | None:
         if split == "val":
             return None
-        self._require(self.root, "food-101/images", "food-101/meta", download_hint=True)
-        dataset = self._open(tvd.Food101, root=self.root, split=split)
-        unknown = sorted(set(dataset.classes) - set(self.class_names))
+        base = (
+            self._require(self.root, "food-101/images", f"food-101/meta/{split}.json", download_hint=True)
+            / "food-101"
+        )
+        listing = json.loads((base / "meta" / f"{split}.json").read_text())
+        unknown = sorted(set(listing) - set(self.class_names))
         if unknown:
-            raise InvalidSampleError(f"food-101/meta/{split}.json names unknown classes {unknown}")
-        # torchvision numbers the classes present in the file; map them to Food-101's fixed order.
-        remap = [self.class_names.index(name) for name in dataset.classes]
-        return Records([str(p) for p in dataset._image_files], [remap[label] for label in dataset._labels])
+            raise InvalidSampleError(f"{base / 'meta' / split}.json names unknown classes {unknown}")
+        paths, targets = [], []
+        for dish, members in listing.items():
+            paths += [str(base / "images" / f"{member}.jpg") for member in members]
+            targets += [self.class_names.index(dish)] * len(members)
+        return Records(paths, targets)

@@ -5,11 +5,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from datamodules.base import BaseDataModule, Split
+from datamodules.base import (
+    BaseDataModule,
+    ClassificationDataModule,
+    DetectionDataModule,
+    SegmentationDataModule,
+    Split,
+)
 from datamodules.datasets import Source
 from datamodules.transforms import Task
 
 __all__ = ["CustomDataModule"]
+
+
+#: The task base whose dataset class, collate function and options a ``CustomDataModule`` uses.
+_TASK_BASES: dict[str, type[BaseDataModule]] = {
+    "classification": ClassificationDataModule,
+    "segmentation": SegmentationDataModule,
+    "detection": DetectionDataModule,
+}
 
 
 class CustomDataModule(BaseDataModule):
@@ -24,7 +38,10 @@ class CustomDataModule(BaseDataModule):
 
     The datamodule adds the augmentation presets (or a recipe's pipeline), a seeded validation split
     when ``val`` is not given (stratified by ``stratify_labels``, or by the dataset's ``targets``
-    attribute as torchvision datasets have), the loaders and :meth:`plot`. Example::
+    attribute as torchvision datasets have), the setup scan of every sample, the loaders and
+    :meth:`plot`. The presets suit photos: a random resized crop of ``crop_scale=(0.08, 1.0)`` of
+    the area and a horizontal flip with ``hflip=0.5``; for digits, text or symbols pass
+    ``hflip=0.0, crop_scale=(0.6, 1.0)`` (or ``train_transforms``). Example::
 
         import numpy as np
         from datamodules import CustomDataModule
@@ -66,13 +83,14 @@ class CustomDataModule(BaseDataModule):
         stratify_labels: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
-        if task not in ("classification", "segmentation", "detection"):
+        if task not in _TASK_BASES:
             raise ValueError(f'task must be "classification", "segmentation" or "detection", got {task!r}')
         if num_classes is None and class_names is None:
             raise ValueError("give num_classes or class_names")
         if num_classes is not None and class_names is not None and num_classes != len(class_names):
             raise ValueError(f"num_classes={num_classes} but class_names has {len(class_names)} names")
-        self.task = task
+        base = _TASK_BASES[task]
+        self.task, self.dataset_class, self.collate_fn = base.task, base.dataset_class, base.collate_fn
         super().__init__(**kwargs)
         self.sources = {"train": train, "val": val, "test": test}
         self.class_names = (
@@ -82,11 +100,16 @@ class CustomDataModule(BaseDataModule):
         self.multi_label = multi_label
         self.stratify_labels = stratify_labels
 
+    reduce_zero_label = False
+    palette = None
+
     def _source(self, split: Split) -> Source | None:
         return self.sources[split]
 
     def _stratify_labels(self, source: Source) -> Sequence[int] | None:
-        return self.stratify_labels if self.stratify_labels is not None else super()._stratify_labels(source)
+        if self.stratify_labels is not None:
+            return self.stratify_labels
+        return _TASK_BASES[self.task]._stratify_labels(self, source)
 
     def _dataset_options(self) -> dict[str, Any]:
-        return {"multi_label": self.multi_label} if self.task == "classification" else {}
+        return _TASK_BASES[self.task]._dataset_options(self)

@@ -10,6 +10,7 @@ A *record source* is anything indexable that yields ``(image, target)``: ``image
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +21,29 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.io import ImageLike, InvalidSampleError, UnreadableImageError, read_image, read_mask
+from datamodules.io import (
+    ImageLike,
+    InvalidSampleError,
+    UnreadableImageError,
+    image_size,
+    read_image,
+    read_mask,
+)
 
 __all__ = [
     "ClassificationDataset",
     "DetectionDataset",
+    "ImageListDataset",
     "Records",
+    "SampleDataset",
     "SegmentationDataset",
     "detection_collate",
-    "find_unreadable",
+    "sample_name",
 ]
 
 Source = Sequence[tuple[ImageLike, Any]]
+#: A dataset index, or ``(index, augmentation seed)`` as :class:`~datamodules.sampling.EpochSampler` yields.
+Key = int | tuple[int, int]
 
 
 @dataclass
@@ -48,17 +60,29 @@ class Records:
         return self.images[index], self.targets[index]
 
 
-def describe(image: ImageLike, index: int) -> str:
+def sample_name(image: ImageLike, index: int) -> str:
     """A name for a sample in messages and ``id`` outputs: its path, else its index."""
     return str(image) if isinstance(image, (str, Path)) else str(index)
+
+
+def _is_integer(value: Any) -> bool:
+    """A whole number (``3``, ``3.0``, a 0-d array), not ``3.7``, a string or a vector."""
+    try:
+        return np.ndim(value) == 0 and float(value).is_integer()
+    except (TypeError, ValueError):
+        return False
 
 
 def _to_chw(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
-class _AugmentedDataset(Dataset):
-    """Reads ``source[indices[i]]``, checks it, and applies ``transform``."""
+class SampleDataset(Dataset):
+    """Reads ``source[indices[i]]``, checks it, and applies ``transform``.
+
+    ``dataset[(i, seed)]`` seeds the augmentation of that sample with ``seed`` first, so an
+    augmented sample depends only on the seed (not on the worker or on what ran before).
+    """
 
     def __init__(
         self,
@@ -77,25 +101,55 @@ class _AugmentedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, key: Key) -> dict[str, Any]:
+        i, seed = key if isinstance(key, tuple) else (key, None)
+        if seed is not None:
+            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
         index = self.indices[i]
         image, target = self.source[index]
-        name = describe(image, index)
+        name = sample_name(image, index)
         sample = self._sample(read_image(image), target, name)
         if self.with_ids:
             sample["id"] = name
         return sample
 
+    def problem(self, i: int, decode: bool) -> UnreadableImageError | InvalidSampleError | None:
+        """What is wrong with sample ``i`` (a missing or unreadable file, a target that does not fit),
+        or ``None``. Without ``decode`` only file headers are read."""
+        index = self.indices[i]
+        try:
+            image, target = self.source[index]
+            self._check(image_size(image, decode), target, sample_name(image, index), decode)
+        except (UnreadableImageError, InvalidSampleError) as err:
+            return err
+        return None
+
+    def _check(self, size: tuple[int, int], target: Any, name: str, decode: bool) -> None:
+        """Raise if ``target`` does not fit an image of ``size`` (height, width)."""
+
     def _sample(self, image: np.ndarray, target: Any, name: str) -> dict[str, Any]:
         raise NotImplementedError
 
 
-class ClassificationDataset(_AugmentedDataset):
+class ImageListDataset(SampleDataset):
+    """Unlabelled images (a path list) for prediction: yields ``{"image": float32 [3, H, W], "id": path}``."""
+
+    def __init__(self, paths: Sequence[str], transform: A.Compose) -> None:
+        super().__init__([(path, None) for path in paths], transform, 0, with_ids=True)
+
+    def _sample(self, image: np.ndarray, target: Any, name: str) -> dict[str, Any]:
+        return {"image": _to_chw(self.transform(image=image)["image"])}
+
+
+class ClassificationDataset(SampleDataset):
     """Yields ``{"image": float32 [3, H, W], "label": int64 []}`` (or ``float32 [C]`` multi-hot)."""
 
     def __init__(self, *args: Any, multi_label: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.multi_label = multi_label
+
+    def _check(self, size: tuple[int, int], target: Any, name: str, decode: bool) -> None:
+        self._label(target, name)
 
     def _sample(self, image: np.ndarray, target: Any, name: str) -> dict[str, Any]:
         image = self.transform(image=image)["image"]
@@ -103,6 +157,10 @@ class ClassificationDataset(_AugmentedDataset):
 
     def _label(self, target: Any, name: str) -> torch.Tensor:
         if not self.multi_label:
+            if not _is_integer(target):
+                raise InvalidSampleError(
+                    f"label {target!r} of {name} is not a class index (an integer 0..{self.num_classes - 1})"
+                )
             label = int(target)
             if not 0 <= label < self.num_classes:
                 raise InvalidSampleError(
@@ -119,7 +177,7 @@ class ClassificationDataset(_AugmentedDataset):
         return torch.as_tensor(values, dtype=torch.float32)
 
 
-class SegmentationDataset(_AugmentedDataset):
+class SegmentationDataset(SampleDataset):
     """Yields ``{"image": float32 [3, H, W], "mask": int64 [H, W]}``; unlabelled pixels hold ``ignore_index``.
 
     Args:
@@ -156,14 +214,29 @@ class SegmentationDataset(_AugmentedDataset):
             raise InvalidSampleError(f"{mask_name} has colours {unknown} that are not in the palette")
         return order[position]
 
-    def _sample(self, image: np.ndarray, target: Any, name: str) -> dict[str, Any]:
-        mask_name = str(target) if isinstance(target, (str, Path)) else f"the mask of {name}"
-        mask = self._read_mask(target, mask_name)
-        if mask.shape != image.shape[:2]:
+    def _check(self, size: tuple[int, int], target: Any, name: str, decode: bool) -> None:
+        if decode or not isinstance(target, (str, Path)):
+            self._mask(target, size, name)
+            return
+        mask_size = image_size(target)  # the header is enough for the size
+        self._check_size(mask_size, size, str(target), name)
+
+    @staticmethod
+    def _check_size(mask_size: tuple[int, int], size: tuple[int, int], mask_name: str, name: str) -> None:
+        if mask_size != size:
             raise InvalidSampleError(
-                f"{mask_name} is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {name} is "
-                f"{image.shape[1]}x{image.shape[0]}; masks must have their image's size"
+                f"{mask_name} is {mask_size[1]}x{mask_size[0]} (WxH) but its image {name} is "
+                f"{size[1]}x{size[0]}; masks must have their image's size"
             )
+
+    def _mask(self, target: Any, size: tuple[int, int], name: str) -> np.ndarray:
+        """The checked class-index mask of the image ``name`` of ``size``."""
+        mask_name = str(target) if isinstance(target, (str, Path)) else f"the mask of {name}"
+        try:
+            mask = self._read_mask(target, mask_name)
+        except UnreadableImageError as err:
+            raise UnreadableImageError(f"{err} (the mask of {name})") from err
+        self._check_size(mask.shape, size, mask_name, name)
         if self.reduce_zero_label:
             mask = np.where(mask == 0, self.ignore_index, mask - 1)
             mask[mask == self.ignore_index - 1] = self.ignore_index
@@ -174,11 +247,15 @@ class SegmentationDataset(_AugmentedDataset):
                 f"{mask_name} holds class values {bad.tolist()}, outside 0..{self.num_classes - 1} and not "
                 f"the ignore index {self.ignore_index}"
             )
+        return mask
+
+    def _sample(self, image: np.ndarray, target: Any, name: str) -> dict[str, Any]:
+        mask = self._mask(target, image.shape[:2], name)
         out = self.transform(image=image, mask=mask.astype(np.uint8))
         return {"image": _to_chw(out["image"]), "mask": torch.from_numpy(out["mask"].astype(np.int64))}
 
 
-class DetectionDataset(_AugmentedDataset):
+class DetectionDataset(SampleDataset):
     """Yields ``{"image": float32 [3, H, W], "target": {"boxes", "labels"[, "masks"]}}``.
 
     Boxes are ``float32 [N, 4]`` ``xyxy`` pixels, labels ``int64 [N]`` in ``1..num_classes`` (0 is the
@@ -186,9 +263,21 @@ class DetectionDataset(_AugmentedDataset):
     dropped together with their masks.
     """
 
-    def _sample(self, image: np.ndarray, target: Any, name: str) -> dict[str, Any]:
+    def _check(self, size: tuple[int, int], target: Any, name: str, decode: bool) -> None:
+        self._boxes(target, name)
+        masks = target.get("masks") if decode else None  # lazy COCO masks are costly to build
+        if masks is not None and len(masks) and np.shape(masks)[-2:] != size:
+            raise InvalidSampleError(
+                f"instance masks of {name} are {np.shape(masks)[-1]}x{np.shape(masks)[-2]} (WxH) but the "
+                f"image is {size[1]}x{size[0]}; masks must have their image's size"
+            )
+
+    def _boxes(self, target: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
         boxes = np.asarray(target["boxes"], dtype=np.float32).reshape(-1, 4)
-        labels = np.asarray(target["labels"], dtype=np.int64).reshape(-1)
+        raw = np.asarray(target["labels"]).reshape(-1)
+        labels = raw.astype(np.int64)
+        if (labels != raw).any():
+            raise InvalidSampleError(f"box labels {raw.tolist()} of {name} are not all integers")
         if len(labels) != len(boxes):
             raise InvalidSampleError(f"{name} has {len(boxes)} boxes but {len(labels)} labels")
         bad = labels[(labels < 1) | (labels > self.num_classes)]
@@ -197,6 +286,10 @@ class DetectionDataset(_AugmentedDataset):
                 f"box labels {bad.tolist()} of {name} are outside 1..{self.num_classes} "
                 "(0 is reserved for the background)"
             )
+        return boxes, labels
+
+    def _sample(self, image: np.ndarray, target: Any, name: str) -> dict[str, Any]:
+        boxes, labels = self._boxes(target, name)
         height, width = image.shape[:2]
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # zero-area boxes carry no object
         boxes, labels = boxes[keep], labels[keep]
@@ -233,17 +326,3 @@ class DetectionDataset(_AugmentedDataset):
 def detection_collate(samples: list[dict[str, Any]]) -> dict[str, list[Any]]:
     """Collate detection samples into lists, since images and box counts differ per sample."""
     return {key: [sample[key] for sample in samples] for key in samples[0]}
-
-
-def find_unreadable(source: Source, indices: Sequence[int], masks: bool = False) -> list[int]:
-    """Return the indices whose image (or, with ``masks``, mask) cannot be read."""
-    bad = []
-    for index in indices:
-        image, target = source[index]
-        try:
-            read_image(image)
-            if masks:
-                read_image(target)
-        except UnreadableImageError:
-            bad.append(index)
-    return bad

@@ -10,10 +10,10 @@ import numpy as np
 from pycocotools.coco import COCO
 from torchvision import datasets as tvd
 
-from datamodules.base import BaseDataModule, Split
+from datamodules.base import DetectionDataModule, PublicDataModule, Resource, Split
 from datamodules.class_names import VOC_CLASSES
 from datamodules.datasets import Records, Source
-from datamodules.io import DatasetNotFoundError, InvalidSampleError
+from datamodules.io import InvalidSampleError
 
 __all__ = ["COCODetectionDataModule", "VOCDetectionDataModule"]
 
@@ -45,7 +45,7 @@ class _CocoTargets:
         return target
 
 
-class COCODetectionDataModule(BaseDataModule):
+class COCODetectionDataModule(DetectionDataModule):
     """Detection (and instance masks) from COCO-format JSON, read with pycocotools.
 
     Category ids (which may have gaps, as COCO's 1..90) are renumbered to labels ``1..num_classes``
@@ -65,7 +65,6 @@ class COCODetectionDataModule(BaseDataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    task = "detection"
     layout = (
         "root/\n    train2017/<file_name>.jpg\n    val2017/<file_name>.jpg\n"
         "    annotations/instances_train2017.json, instances_val2017.json (COCO format)"
@@ -124,7 +123,7 @@ class COCODetectionDataModule(BaseDataModule):
 
 
 class _VOCTargets:
-    """Targets of Pascal VOC XML annotations, parsed lazily with torchvision's VOC parser."""
+    """Targets of Pascal VOC XML annotations, parsed lazily with torchvision's public VOC XML parser."""
 
     def __init__(self, paths: list[str]) -> None:
         self.paths = paths
@@ -153,8 +152,8 @@ class _VOCTargets:
         return {"boxes": np.asarray(boxes, np.float32).reshape(-1, 4), "labels": np.asarray(labels, np.int64)}
 
 
-class VOCDetectionDataModule(BaseDataModule):
-    """Pascal VOC detection (20 classes, labels 1..20) from XML annotations, read by torchvision.
+class VOCDetectionDataModule(PublicDataModule, DetectionDataModule):
+    """Pascal VOC detection (20 classes, labels 1..20) from the ``Annotations`` XML files.
 
     Train/val follow ``ImageSets/Main``; test reuses val (``year="2007"`` with the VOC2007 test
     archive extracted adds its ``test`` list).
@@ -166,31 +165,29 @@ class VOCDetectionDataModule(BaseDataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    task = "detection"
+    classes = VOC_CLASSES[1:]
 
     def __init__(self, root: str = "data", year: str = "2012", download: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(root=root, download=download, **kwargs)
         if year not in tvd.voc.DATASET_YEAR_DICT:
             raise ValueError(f"year must be one of {sorted(tvd.voc.DATASET_YEAR_DICT)}, got {year!r}")
-        self.root, self.year, self.download = root, year, download
-        self.urls = (tvd.voc.DATASET_YEAR_DICT[year]["url"],)
+        self.year = year
+        release = tvd.voc.DATASET_YEAR_DICT[year]
+        self.resources = (Resource(release["url"], release["md5"]),)
+        self.marker = f"VOCdevkit/VOC{year}"
         self.layout = (
             f"VOCdevkit/VOC{year}/\n    JPEGImages/<id>.jpg\n    Annotations/<id>.xml\n"
             "    ImageSets/Main/train.txt, val.txt"
         )
-        self.class_names = list(VOC_CLASSES[1:])
-        self.num_classes = len(self.class_names)
-
-    def _download(self) -> None:
-        tvd.VOCDetection(self.root, year=self.year, image_set="trainval", download=True)
 
     def _source(self, split: Split) -> Source | None:
-        base = f"VOCdevkit/VOC{self.year}"
-        if split == "test" and not (Path(self.root) / base / "ImageSets/Main/test.txt").is_file():
+        base = Path(self.root) / self.marker
+        if split == "test" and not (base / "ImageSets/Main/test.txt").is_file():
             return None
-        self._require(self.root, f"{base}/ImageSets/Main", f"{base}/Annotations", download_hint=True)
-        try:
-            dataset = tvd.VOCDetection(self.root, year=self.year, image_set=split)
-        except (RuntimeError, ValueError) as err:
-            raise DatasetNotFoundError(f"{err}. Expected layout under {self.root}:\n{self.layout}") from err
-        return Records(dataset.images, _VOCTargets(dataset.annotations))
+        listing = f"{self.marker}/ImageSets/Main/{split}.txt"
+        self._require(self.root, listing, f"{self.marker}/Annotations", download_hint=True)
+        ids = (Path(self.root) / listing).read_text().split()
+        return Records(
+            [str(base / "JPEGImages" / f"{i}.jpg") for i in ids],
+            _VOCTargets([str(base / "Annotations" / f"{i}.xml") for i in ids]),
+        )

@@ -7,12 +7,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from dat_lightning.download import DownloadError
+
 __all__ = [
     "DatasetNotFoundError",
     "DownloadError",
     "ImageLike",
     "InvalidSampleError",
     "UnreadableImageError",
+    "image_size",
     "read_image",
     "read_mask",
 ]
@@ -23,10 +26,6 @@ ImageLike = str | Path | Image.Image | np.ndarray
 
 class DatasetNotFoundError(FileNotFoundError):
     """The dataset is not on disk where the datamodule was told to look."""
-
-
-class DownloadError(RuntimeError):
-    """A download failed; nothing it wrote was left behind."""
 
 
 class UnreadableImageError(OSError):
@@ -94,6 +93,31 @@ def read_image(image: ImageLike) -> np.ndarray:
             return _pil_to_rgb(handle)
     except (OSError, SyntaxError, ValueError) as err:
         raise UnreadableImageError(f"cannot read image {image}: {err}") from err
+
+
+def image_size(image: ImageLike, decode: bool = False) -> tuple[int, int]:
+    """``(height, width)`` of an image as :func:`read_image` returns it (EXIF orientation applied).
+
+    For a file only the header is read unless ``decode``, which reads every pixel (and so finds
+    truncated files).
+
+    Raises:
+        UnreadableImageError: the file is missing or not an image (or, with ``decode``, truncated).
+    """
+    if isinstance(image, np.ndarray):
+        return image.shape[0], image.shape[1]
+    if decode or isinstance(image, Image.Image):
+        height, width = read_image(image).shape[:2]
+        return height, width
+    try:
+        with Image.open(image) as handle:
+            width, height = handle.size
+            # EXIF from the header only: a PNG without an early eXIf chunk would decode for getexif()
+            has_exif = handle.format in ("JPEG", "MPO", "TIFF") or "exif" in handle.info
+            rotated = has_exif and handle.getexif().get(0x0112) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise UnreadableImageError(f"cannot read image {image}: {err}") from err
+    return (width, height) if rotated else (height, width)
 
 
 def read_mask(mask: ImageLike) -> np.ndarray:

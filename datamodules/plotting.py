@@ -12,13 +12,18 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-__all__ = ["plot_batch", "unnormalize"]
+__all__ = ["denormalize", "plot_batch"]
 
 
-def unnormalize(image: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
-    """Turn a normalised ``[3, H, W]`` tensor back into an ``HxWx3`` float array in [0, 1]."""
-    array = image.detach().cpu().float().numpy().transpose(1, 2, 0)
-    return np.clip(array * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
+def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """Normalised ``[N, 3, H, W]`` (or ``[3, H, W]``) images -> ``[N, H, W, 3]`` (``[H, W, 3]``) in [0, 1].
+
+    The one inverse of the datamodules' normalisation, for display (figures, callbacks, notebooks).
+    """
+    images = images.detach().float()
+    shape = (-1, 1, 1) if images.ndim == 3 else (1, -1, 1, 1)
+    m, s = images.new_tensor(mean).view(shape), images.new_tensor(std).view(shape)
+    return (images * s + m).clamp(0, 1).movedim(-3, -1)
 
 
 def _label_text(label: torch.Tensor, class_names: Sequence[str]) -> str:
@@ -60,7 +65,7 @@ def plot_batch(
     figure = Figure(figsize=(3 * cols, 3 * rows))
     for i in range(count):
         ax = figure.add_subplot(rows, cols, i + 1)
-        ax.imshow(unnormalize(images[i], mean, std))
+        ax.imshow(denormalize(images[i].cpu(), mean, std).numpy())
         ax.set_axis_off()
         if "label" in batch:
             ax.set_title(_label_text(batch["label"][i], class_names), fontsize=9)

@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from torchvision import datasets as tvd
 from torchvision.datasets.folder import IMG_EXTENSIONS
-from torchvision.datasets.utils import download_and_extract_archive
 
-from datamodules.base import BaseDataModule, PublicDataModule, Split
+from datamodules.base import PublicDataModule, Resource, SegmentationDataModule, Split
 from datamodules.class_names import ADE20K_CLASSES, VOC_CLASSES
 from datamodules.datasets import Records, Source
 from datamodules.io import InvalidSampleError, read_mask
@@ -30,22 +28,7 @@ def paired_files(image_dir: Path, mask_dir: Path, mask_suffix: str = ".png") -> 
     return Records([str(p) for p in images], [str(p) for p in masks])
 
 
-class _SegmentationDataModule(BaseDataModule):
-    """Segmentation options shared by the datamodules below (255 is the ignore index)."""
-
-    task = "segmentation"
-    reduce_zero_label = False
-    palette: list[tuple[int, int, int]] | None = None
-
-    def _dataset_options(self) -> dict[str, Any]:
-        return {
-            "reduce_zero_label": self.reduce_zero_label,
-            "ignore_index": self.ignore_index,
-            "palette": self.palette,
-        }
-
-
-class SegmentationFolderDataModule(_SegmentationDataModule):
+class SegmentationFolderDataModule(SegmentationDataModule):
     """Images and masks in parallel folders, paired by file name.
 
     Masks are single-channel index PNGs (``L`` or palette ``P``; pixel value = class, 255 = ignore),
@@ -102,7 +85,7 @@ class SegmentationFolderDataModule(_SegmentationDataModule):
         return self._split(split) if (Path(self.root) / "images" / split).is_dir() else None
 
 
-class _PublicSegmentationDataModule(_SegmentationDataModule, PublicDataModule):
+class _PublicSegmentationDataModule(PublicDataModule, SegmentationDataModule):
     """A public segmentation benchmark: :class:`~datamodules.base.PublicDataModule` with the
     segmentation crop default.
 
@@ -113,8 +96,13 @@ class _PublicSegmentationDataModule(_SegmentationDataModule, PublicDataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    def __init__(self, root: str = "data", download: bool = False,
-                 crop_scale: tuple[float, float] = (0.25, 1.0), **kwargs: Any) -> None:
+    def __init__(
+        self,
+        root: str = "data",
+        download: bool = False,
+        crop_scale: tuple[float, float] = (0.25, 1.0),
+        **kwargs: Any,
+    ) -> None:
         super().__init__(root=root, download=download, crop_scale=crop_scale, **kwargs)
 
 
@@ -131,7 +119,8 @@ class ADE20KDataModule(_PublicSegmentationDataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    urls = ("http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",)
+    resources = (Resource("http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip"),)
+    marker = "ADEChallengeData2016"
     layout = (
         "ADEChallengeData2016/\n    images/training/ADE_train_00000001.jpg ...\n"
         "    annotations/training/ADE_train_00000001.png ...\n"
@@ -141,9 +130,8 @@ class ADE20KDataModule(_PublicSegmentationDataModule):
 
     classes = ADE20K_CLASSES
 
-    def _download(self) -> None:
-        if not (Path(self.root) / "ADEChallengeData2016").is_dir():
-            download_and_extract_archive(self.urls[0], self.root)
+    def _in_place(self) -> bool:
+        return super()._in_place() or (Path(self.root) / "images" / "training").is_dir()
 
     def _source(self, split: Split) -> Source | None:
         if split == "test":
@@ -158,7 +146,7 @@ class ADE20KDataModule(_PublicSegmentationDataModule):
 class VOCSegmentationDataModule(_PublicSegmentationDataModule):
     """Pascal VOC 2012 segmentation (21 classes with background, 255 = object borders, ignored).
 
-    Read by torchvision; train/val are the official ``ImageSets/Segmentation`` lists and test
+    Train/val are the official ``ImageSets/Segmentation`` lists and test
     reuses val.
 
     Args:
@@ -168,7 +156,13 @@ class VOCSegmentationDataModule(_PublicSegmentationDataModule):
         **kwargs: the :class:`~datamodules.base.BaseDataModule` arguments.
     """
 
-    urls = (tvd.voc.DATASET_YEAR_DICT["2012"]["url"],)
+    resources = (
+        Resource(
+            "https://thor.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+            "6cd6e144f989b92b3379bac3b3de84fd",
+        ),
+    )
+    marker = "VOCdevkit/VOC2012"
     layout = (
         "VOCdevkit/VOC2012/\n    JPEGImages/<id>.jpg\n    SegmentationClass/<id>.png (palette PNG)\n"
         "    ImageSets/Segmentation/train.txt, val.txt"
@@ -176,12 +170,20 @@ class VOCSegmentationDataModule(_PublicSegmentationDataModule):
 
     classes = VOC_CLASSES
 
-    def _download(self) -> None:
-        tvd.VOCSegmentation(self.root, year="2012", image_set="trainval", download=True)
-
     def _source(self, split: Split) -> Source | None:
         if split == "test":
             return None
-        self._require(self.root, "VOCdevkit/VOC2012/ImageSets/Segmentation", download_hint=True)
-        dataset = self._open(tvd.VOCSegmentation, root=self.root, year="2012", image_set=split)
-        return Records(dataset.images, dataset.masks)
+        base = (
+            self._require(
+                self.root,
+                f"{self.marker}/ImageSets/Segmentation/{split}.txt",
+                f"{self.marker}/JPEGImages",
+                download_hint=True,
+            )
+            / self.marker
+        )
+        ids = (base / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+        return Records(
+            [str(base / "JPEGImages" / f"{i}.jpg") for i in ids],
+            [str(base / "SegmentationClass" / f"{i}.png") for i in ids],
+        )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import albumentations as A
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 __all__ = [
     "EVAL_CROP_RATIO",
@@ -23,8 +24,9 @@ __all__ = [
     "train_preset",
 ]
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: ImageNet's per-channel mean and standard deviation of 0..1 RGB (timm's constants, the one owner).
+IMAGENET_MEAN: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
+IMAGENET_STD: tuple[float, float, float] = IMAGENET_DEFAULT_STD
 #: DAT evaluates at ``image_size`` after resizing the short side to ``image_size / 0.875``.
 EVAL_CROP_RATIO = 0.875
 

@@ -165,7 +165,7 @@ def test_config_saved_every_run_and_predictions_written(tmp_path):
     run = cli(["predict", *args, "--ckpt_path", "last", "--prediction_writer.output_dir", str(out)])
     with (out / "predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
-    test_size = len(run.datamodule.test_dataset)
+    test_size = len(run.datamodule.predict_dataset)  # setup("predict") builds only that split
     assert len(rows) == test_size
     for row in rows:
         probs = [float(row[f"p_{i}"]) for i in range(10)]

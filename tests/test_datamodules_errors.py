@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
-import urllib.error
+import tarfile
+import time
 
 import albumentations as A
 import numpy as np
 import pytest
 import torch
-from datamodules_fakes import save_mask, save_rect_image, write_image_folder, write_seg_folder
+from datamodules_fakes import save_mask, save_rect_image, write_cifar, write_image_folder, write_seg_folder
+from download_fakes import closed_port, fake_server
 from PIL import Image
-from torchvision.datasets import utils as tv_utils
 
 from datamodules import (
     ADE20KDataModule,
@@ -27,6 +29,7 @@ from datamodules import (
     SkippedImagesWarning,
     UnreadableImageError,
 )
+from datamodules.base import Resource
 
 SMALL = {"batch_size": 4, "num_workers": 0, "image_size": 16}
 
@@ -39,6 +42,10 @@ def test_missing_root_shows_layout_and_download_hint(tmp_path):
     message = str(err.value)
     assert "nowhere" in message and "cifar-10-batches-py/" in message and "data_batch_1" in message
     assert "download=True" in message and "cs.toronto.edu" in message
+    assert f"the folder {tmp_path / 'nowhere'} does not exist" in message
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(DatasetNotFoundError, match=re.escape(f"{tmp_path / 'file'} is a file, not a folder")):
+        CIFAR10DataModule(str(tmp_path / "file"), **SMALL).setup("fit")
 
 
 def test_missing_folder_without_download_says_where_to_place_files(tmp_path):
@@ -48,33 +55,61 @@ def test_missing_folder_without_download_says_where_to_place_files(tmp_path):
         ADE20KDataModule(str(tmp_path), **SMALL).setup()
 
 
+ARCHIVE = "cifar-10-python.tar.gz"
+
+
+def point_cifar_to(monkeypatch, url: str, md5: str | None = None) -> None:
+    """Make CIFAR-10 download from ``url`` (a local test server)."""
+    monkeypatch.setattr(CIFAR10DataModule, "resources", (Resource(url, md5),))
+
+
 def test_failed_download_removes_partial_files(tmp_path, monkeypatch):
     (tmp_path / "keep.txt").write_text("mine")
-
-    def offline(url, filename, chunk_size=0):  # writes part of the archive, then the network drops
-        with open(filename, "wb") as handle:
-            handle.write(b"partial")
-        raise urllib.error.URLError("simulated outage")
-
-    monkeypatch.setattr(tv_utils, "_get_redirect_url", lambda url, max_hops=3: url)  # no real request
-    monkeypatch.setattr(tv_utils, "_urlretrieve", offline)
-    dm = CIFAR10DataModule(str(tmp_path), download=True, **SMALL)
-    with pytest.raises(DownloadError) as err:
-        dm.prepare_data()
+    # the network drops mid-archive
+    with fake_server(b"\x1f\x8b" + bytes(5000), mode="cut", name=ARCHIVE) as url:
+        point_cifar_to(monkeypatch, url)
+        dm = CIFAR10DataModule(str(tmp_path), download=True, **SMALL)
+        with pytest.raises(DownloadError) as err:
+            dm.prepare_data()
     message = str(err.value)
-    assert (
-        "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message and "simulated outage" in message
-    )
+    assert url in message and "stopped after 2501 of 5002 bytes" in message
     assert "by hand" in message and "cifar-10-batches-py/" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
 def test_failed_download_into_new_root_removes_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(tv_utils, "_get_redirect_url", lambda url, max_hops=3: url)
-    monkeypatch.setattr(tv_utils, "_urlretrieve", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
-    with pytest.raises(DownloadError, match="offline"):
+    point_cifar_to(monkeypatch, f"http://127.0.0.1:{closed_port()}/{ARCHIVE}")
+    with pytest.raises(DownloadError, match="Connection refused"):
         CIFAR10DataModule(str(tmp_path / "new"), download=True, **SMALL).prepare_data()
     assert not (tmp_path / "new").exists()
+
+
+def test_stalled_dataset_download_fails_within_30_s(tmp_path, monkeypatch):
+    """The default timeout, end to end: a server that sends half the archive and then nothing."""
+    with fake_server(b"\x1f\x8b" + bytes(5000), mode="stall", name=ARCHIVE) as url:
+        point_cifar_to(monkeypatch, url)
+        start = time.monotonic()
+        with pytest.raises(DownloadError, match=r"(?s)the connection stalled.*by hand"):
+            CIFAR10DataModule(str(tmp_path), download=True, **SMALL).prepare_data()
+        assert time.monotonic() - start < 30
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_checks_md5_and_extracts_the_documented_layout(tmp_path, monkeypatch):
+    write_cifar(tmp_path / "src", hundred=False, per_batch=4, names=[str(i) for i in range(10)])
+    with tarfile.open(tmp_path / "archive.tar.gz", "w:gz") as archive:
+        archive.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    payload = (tmp_path / "archive.tar.gz").read_bytes()
+    with fake_server(payload, name=ARCHIVE) as url:
+        point_cifar_to(monkeypatch, url, md5="0" * 32)
+        with pytest.raises(DownloadError, match=f"is not the expected {'0' * 32}"):
+            CIFAR10DataModule(str(tmp_path / "data"), download=True, **SMALL).prepare_data()
+        point_cifar_to(monkeypatch, url, md5=hashlib.md5(payload).hexdigest())
+        dm = CIFAR10DataModule(str(tmp_path / "data"), download=True, **SMALL)
+        dm.prepare_data()
+    dm.setup("fit")
+    assert len(dm.train_dataset) + len(dm.val_dataset) == 20
+    dm.prepare_data()  # in place: no second download (the server is gone)
 
 
 def corrupt_folder(tmp_path):
@@ -86,9 +121,18 @@ def corrupt_folder(tmp_path):
     return bad, truncated
 
 
-def test_unreadable_image_raises_with_its_path(tmp_path):
+def test_setup_scan_names_every_bad_file_and_the_skip_option(tmp_path):
+    bad, truncated = corrupt_folder(tmp_path)
+    with pytest.raises(UnreadableImageError) as err:
+        ImageFolderDataModule(str(tmp_path), **SMALL).setup()
+    message = str(err.value)
+    assert f"cannot read image {bad}" in message and f"cannot read image {truncated}" in message
+    assert "are bad" in message and 'on_bad_image="skip"' in message
+
+
+def test_unreadable_image_raises_with_its_path_without_the_scan(tmp_path):
     bad, _ = corrupt_folder(tmp_path)
-    dm = ImageFolderDataModule(str(tmp_path), **SMALL)
+    dm = ImageFolderDataModule(str(tmp_path), validate="off", **SMALL)
     dm.setup()
     source = dm.train_dataset.source
     index = next(i for i in range(len(source)) if source[i][0] == str(bad))
@@ -101,7 +145,7 @@ def test_unreadable_image_raises_with_its_path(tmp_path):
 def test_skip_policy_reports_and_leaves_out_unreadable_images(tmp_path):
     bad, truncated = corrupt_folder(tmp_path)
     dm = ImageFolderDataModule(str(tmp_path), on_bad_image="skip", val_fraction=0.25, **SMALL)
-    with pytest.warns(SkippedImagesWarning, match="skipped") as record:
+    with pytest.warns(SkippedImagesWarning, match="left out") as record:
         dm.setup()
     reported = " ".join(str(w.message) for w in record)
     assert str(bad) in reported and str(truncated) in reported
@@ -133,9 +177,8 @@ def test_out_of_range_label_from_custom_dataset(tmp_path):
     path = tmp_path / "x.png"
     save_rect_image(path, np.random.default_rng(0), 16)
     dm = CustomDataModule([(str(path), 0), (str(path), 3)], val=[(str(path), 1)], num_classes=3, **SMALL)
-    dm.setup()
     with pytest.raises(InvalidSampleError, match=re.escape(f"label 3 of {path} is outside 0..2")):
-        dm.train_dataset[1]
+        dm.setup()  # known up front: caught at setup, not steps into training
 
 
 def test_out_of_range_mask_value_and_mask_size_name_the_mask(tmp_path):

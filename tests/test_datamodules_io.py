@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datamodules.io import UnreadableImageError, read_image, read_mask
+from datamodules.io import UnreadableImageError, image_size, read_image, read_mask
 
 RGB = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3) * 3
 
@@ -48,6 +48,7 @@ def test_exif_rotation_is_applied(tmp_path):
     Image.fromarray(stored).save(tmp_path / "r.jpg", exif=exif, quality=100)
     image = read_image(tmp_path / "r.jpg")
     assert image.shape == (20, 10, 3)  # displayed portrait
+    assert image_size(tmp_path / "r.jpg") == (20, 10)  # the header-only size agrees
     assert image[:5].mean() > 200 and image[-5:].mean() < 50  # left band is now on top
 
 

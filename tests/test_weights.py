@@ -1,21 +1,21 @@
-"""Weights registry (checked against WEIGHTS.md) and the cached, atomic, fail-fast downloader."""
+"""Weights registry (checked against WEIGHTS.md) and the cached, atomic, fail-fast, verified downloader."""
 
 from __future__ import annotations
 
 import dataclasses
-import http.server
+import os
 import re
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+from download_fakes import closed_port, fake_server
 
+from dat_lightning.download import file_sha256
 from dat_lightning.models import WEIGHTS, WeightsDownloadError, get_weights, list_weights
-from dat_lightning.models.weights import resolve_weights
+from dat_lightning.models.weights import WeightsHashError, download_file, resolve_weights
 
 
 def _weights_md_rows(official_dir: Path) -> dict[str, list[str]]:
@@ -56,18 +56,12 @@ def hub_dir(tmp_path: Path, monkeypatch) -> Path:
     return tmp_path / "hub" / "checkpoints"
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens here once the socket is closed
-
-
-def _point_to(monkeypatch, name: str, url: str) -> None:
-    monkeypatch.setitem(WEIGHTS, name, dataclasses.replace(WEIGHTS[name], url=url))
+def _point_to(monkeypatch, name: str, url: str, **fields) -> None:
+    monkeypatch.setitem(WEIGHTS, name, dataclasses.replace(WEIGHTS[name], url=url, **fields))
 
 
 def test_offline_fails_fast_with_instructions(hub_dir: Path, monkeypatch) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}/f/dat_tiny/?dl=1"
+    url = f"http://127.0.0.1:{closed_port()}/f/dat_tiny/?dl=1"
     _point_to(monkeypatch, "dat_tiny.in1k", url)
     start = time.monotonic()
     with pytest.raises(WeightsDownloadError) as info:
@@ -76,7 +70,7 @@ def test_offline_fails_fast_with_instructions(hub_dir: Path, monkeypatch) -> Non
     message = str(info.value)
     assert url in message and "dat_tiny_in1k_224.pth" in message
     assert str(hub_dir / "dat_tiny_in1k_224.pth") in message
-    assert "pass the local path" in message
+    assert "pass the local path" in message and "weights: null" in message
     assert list(hub_dir.iterdir()) == []  # no partial file
 
 
@@ -84,62 +78,83 @@ def test_local_path_and_cache_need_no_network(hub_dir: Path, monkeypatch, tmp_pa
     local = tmp_path / "mine.pth"
     torch.save({"w": torch.zeros(1)}, local)
     assert resolve_weights(str(local)) == local
-    _point_to(monkeypatch, "dat_pp_tiny.in1k", f"http://127.0.0.1:{_closed_port()}/x")
+    _point_to(monkeypatch, "dat_pp_tiny.in1k", f"http://127.0.0.1:{closed_port()}/x")
     hub_dir.mkdir(parents=True)
     cached = hub_dir / "dat_pp_tiny_in1k_224.pth"
     cached.write_bytes(local.read_bytes())
     assert resolve_weights("dat_pp_tiny.in1k") == cached
+    # a file placed by hand is trusted on first use: its hash is recorded and checked from then on
+    assert (hub_dir / "dat_pp_tiny_in1k_224.pth.sha256").read_text().split()[0] == file_sha256(cached)
     with pytest.raises(FileNotFoundError, match="not a registered weight name"):
         resolve_weights("dat_tiny.in22k")
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    payload: bytes = b""
-    content_type = "application/octet-stream"
-    cut = False  # announce the full length, send half, close
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", self.content_type)
-        self.send_header("Content-Length", str(len(self.payload)))
-        self.end_headers()
-        self.wfile.write(self.payload[: len(self.payload) // 2] if self.cut else self.payload)
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def server():
-    """A local HTTP server; yields a function that sets what it serves and returns its URL."""
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-
-    def serve(payload: bytes, content_type: str = "application/octet-stream", cut: bool = False):
-        _Handler.payload, _Handler.content_type, _Handler.cut = payload, content_type, cut
-        return f"http://127.0.0.1:{httpd.server_address[1]}/f/file/?dl=1"
-
-    yield serve
-    httpd.shutdown()
-    thread.join()
-
-
-def test_download_once_atomically(hub_dir: Path, monkeypatch, tmp_path: Path, server) -> None:
+def test_download_once_atomically(hub_dir: Path, monkeypatch, tmp_path: Path) -> None:
     ckpt = tmp_path / "src.pth"
     torch.save({"model": {"w": torch.arange(1000.0)}}, ckpt)
     # an HTML page instead of the file (a moved link) is refused
-    _point_to(monkeypatch, "dat_small.in1k", server(b"<html>moved</html>", "text/html"))
-    with pytest.raises(WeightsDownloadError, match="returned text/html, not a checkpoint"):
-        resolve_weights("dat_small")
+    with fake_server(b"<html>moved</html>", content_type="text/html") as url:
+        _point_to(monkeypatch, "dat_small.in1k", url)
+        with pytest.raises(WeightsDownloadError, match=r"returned text/html \(an HTML/XML page\), not a"):
+            resolve_weights("dat_small")
     # a connection that drops mid-file leaves nothing behind
-    _point_to(monkeypatch, "dat_small.in1k", server(ckpt.read_bytes(), cut=True))
-    with pytest.raises(WeightsDownloadError, match=r"stopped after \d+ of \d+ bytes"):
-        resolve_weights("dat_small")
+    with fake_server(ckpt.read_bytes(), mode="cut") as url:
+        _point_to(monkeypatch, "dat_small.in1k", url)
+        with pytest.raises(WeightsDownloadError, match=r"stopped after \d+ of \d+ bytes"):
+            resolve_weights("dat_small")
     assert list(hub_dir.iterdir()) == []
-    _point_to(monkeypatch, "dat_small.in1k", server(ckpt.read_bytes()))
-    path = resolve_weights("dat_small", progress=False)
+    with fake_server(ckpt.read_bytes()) as url:
+        _point_to(monkeypatch, "dat_small.in1k", url)
+        path = resolve_weights("dat_small", progress=False)
     assert path == hub_dir / "dat_small_in1k_224.pth" and path.read_bytes() == ckpt.read_bytes()
-    assert list(hub_dir.iterdir()) == [path]
-    _point_to(monkeypatch, "dat_small.in1k", f"http://127.0.0.1:{_closed_port()}/x")
+    sidecar = hub_dir / "dat_small_in1k_224.pth.sha256"
+    assert sorted(hub_dir.iterdir()) == [path, sidecar]
+    assert sidecar.read_text().split()[0] == file_sha256(ckpt)  # recorded at the first download
+    _point_to(monkeypatch, "dat_small.in1k", f"http://127.0.0.1:{closed_port()}/x")
     assert resolve_weights("dat_small") == path  # cached: no second download
+
+
+@pytest.mark.parametrize("mode", ["silent", "stall"])
+def test_stalled_connection_fails_within_the_timeout(hub_dir: Path, mode: str) -> None:
+    """A server that accepts and never answers, or sends half the file and stalls."""
+    with fake_server(b"\x80" + bytes(4000), mode=mode) as url:
+        start = time.monotonic()
+        with pytest.raises(WeightsDownloadError, match=r"timed out.*\(the connection stalled\)"):
+            download_file(url, "w.pth", timeout=1.0, progress=False)
+        assert time.monotonic() - start < 30
+    assert list(hub_dir.iterdir()) == []
+
+
+def test_stale_partial_files_are_removed(hub_dir: Path, tmp_path: Path) -> None:
+    hub_dir.mkdir(parents=True)
+    stale, live = hub_dir / ".w.pth.abc123.part", hub_dir / ".w.pth.def456.part"
+    stale.write_bytes(b"killed download"), live.write_bytes(b"running download")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    payload = b"\x80" + bytes(100)
+    with fake_server(payload) as url:
+        path = download_file(url, "w.pth", progress=False)
+    assert path.read_bytes() == payload
+    assert not stale.exists() and live.exists()  # another process may still be writing that one
+
+
+def test_cached_file_is_verified_and_a_pin_is_enforced(hub_dir: Path, monkeypatch, tmp_path) -> None:
+    payload = b"\x80" + os.urandom(2000)
+    good = __import__("hashlib").sha256(payload).hexdigest()
+    with fake_server(payload) as url:
+        _point_to(monkeypatch, "dat_base.in1k", url, sha256="0" * 64)
+        with pytest.raises(WeightsHashError, match=f"not the expected {'0' * 64}"):
+            resolve_weights("dat_base", progress=False)
+        assert list(hub_dir.iterdir()) == []  # a wrong file never lands in the cache
+        _point_to(monkeypatch, "dat_base.in1k", url, sha256=None)
+        path = resolve_weights(f"dat_base.in1k@sha256:{good}", progress=False)
+    assert resolve_weights("dat_base", expected_sha256=good) == path
+    with pytest.raises(WeightsHashError, match="not the pinned"):
+        resolve_weights("dat_base", expected_sha256="f" * 64)
+    path.write_bytes(payload[:-1] + b"!")  # the cached file changes after its download
+    with pytest.raises(WeightsHashError, match=r"(?s)not the one recorded in .*\.sha256.*Delete"):
+        resolve_weights("dat_base")
+    local = tmp_path / "local.pth"
+    local.write_bytes(payload)
+    assert resolve_weights(f"{local}@sha256:{good}") == local
+    with pytest.raises(WeightsHashError, match="not the pinned"):
+        resolve_weights(str(local), expected_sha256="a" * 64)

@@ -28,6 +28,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from ..download import file_kind as _file_kind
+from ..download import is_safetensors as _is_safetensors
 from .dat import DAT, DATFeatures
 from .weights import resolve_weights
 
@@ -94,23 +96,6 @@ def _preview(keys: list[str], n: int = 3) -> str:
 
 
 # --- reading -------------------------------------------------------------------------------------
-_FILE_KINDS = {b"\xff\xd8\xff": "a JPEG image", b"\x89PNG": "a PNG image", b"%PDF": "a PDF",
-               b"\x1f\x8b": "a gzip archive", b"<": "an HTML/XML page", b"{": "a JSON/text file"}
-
-
-def _file_kind(head: bytes) -> str:
-    for magic, kind in _FILE_KINDS.items():
-        if head.startswith(magic):
-            return kind
-    if head.isascii() and all(c >= 32 or c in b"\t\r\n" for c in head):
-        return "a text file"
-    return "an unknown format"
-
-
-def _is_safetensors(head: bytes) -> bool:
-    return len(head) > 8 and head[8:9] == b"{"
-
-
 def read_checkpoint(path: str | os.PathLike, *, allow_pickle: bool = False) -> Any:
     """Read a ``torch.save`` file (on CPU) or a ``.safetensors`` file.
 

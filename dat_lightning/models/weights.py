@@ -1,28 +1,38 @@
-"""Registry of the official DAT / DAT++ ImageNet-1K weights and a cached, atomic downloader.
+"""Registry of the official DAT / DAT++ ImageNet-1K weights and a cached, verified downloader.
 
 Names follow timm (``dat_tiny.in1k``); the bare preset name (``dat_tiny``) means its ``.in1k``
-weights. Files go to ``torch.hub.get_dir()/checkpoints`` and are downloaded once.
+weights. Files go to ``torch.hub.get_dir()/checkpoints`` and are downloaded once. The authors
+published no checksums, so the SHA-256 of the first download is recorded next to the file
+(``<file>.sha256``) and every later load checks the cached file against it. Pin a hash with
+``expected_sha256`` (or the name suffix ``dat_tiny.in1k@sha256:<64 hex digits>``, usable from a
+recipe's ``weights:``) or the registry's ``sha256`` field to refuse any other file.
 """
 
 from __future__ import annotations
 
-import http.client
 import os
-import tempfile
-import urllib.error
-import urllib.request
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from tqdm import tqdm  # not tqdm.auto: no ipywidgets warning in notebooks
 
-__all__ = ["WEIGHTS", "PretrainedWeights", "WeightsDownloadError", "download_file", "get_weights",
-           "list_weights", "resolve_weights", "weights_cache_dir"]
+from ..download import (
+    DEFAULT_TIMEOUT_S,
+    ChecksumError,
+    DownloadError,
+    download_url,
+    file_kind,
+    file_sha256,
+    is_safetensors,
+    is_torch_save,
+)
 
-DOWNLOAD_TIMEOUT_S = 10.0
-_CHUNK = 1 << 20
+__all__ = ["WEIGHTS", "PretrainedWeights", "WeightsDownloadError", "WeightsHashError",
+           "download_file", "get_weights", "list_weights", "resolve_weights", "weights_cache_dir"]
+
+_PIN = re.compile(r"@sha256:([0-9a-fA-F]{64})$")
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class PretrainedWeights:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_DEFAULT_MEAN
     std: tuple[float, float, float] = IMAGENET_DEFAULT_STD
+    sha256: str | None = None  # expected SHA-256 of the file; none was published for these
 
     @property
     def architecture(self) -> str:
@@ -81,8 +92,12 @@ WEIGHTS: dict[str, PretrainedWeights] = {w.name: w for w in (
 )}
 
 
-class WeightsDownloadError(OSError):
+class WeightsDownloadError(DownloadError):
     """A registered checkpoint could not be downloaded (no network, server error, bad file)."""
+
+
+class WeightsHashError(WeightsDownloadError):
+    """A weights file's SHA-256 differs from the pinned or the recorded one."""
 
 
 def list_weights() -> list[str]:
@@ -108,20 +123,55 @@ def _is_registered(name: str) -> bool:
     return name in WEIGHTS or f"{name}.in1k" in WEIGHTS
 
 
-def resolve_weights(source: str | os.PathLike, *, progress: bool = True) -> Path:
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _verify(path: Path, expected: str | None, fix: str) -> None:
+    """Check ``path`` against ``expected`` and against the hash recorded at its download."""
+    actual = file_sha256(path)
+    recorded_at = _sidecar(path)
+    recorded = recorded_at.read_text().split()[0] if recorded_at.is_file() else None
+    for wanted, why in ((expected, "the pinned"), (recorded, f"the one recorded in {recorded_at} "
+                                                            "when it was downloaded")):
+        if wanted is not None and actual != wanted.lower():
+            raise WeightsHashError(f"weights file {path} has SHA-256 {actual}, not {why} {wanted}: "
+                                   f"the file was changed, damaged or substituted. {fix}")
+    if recorded is None and recorded_at.parent == weights_cache_dir():
+        recorded_at.write_text(f"{actual}  {path.name}\n")  # placed by hand: trust on first use
+
+
+def resolve_weights(source: str | os.PathLike, *, progress: bool = True,
+                    expected_sha256: str | None = None) -> Path:
     """Local file for ``source``: an existing path, or a registered name (downloaded once).
+
+    A registered file is checked on every call against ``expected_sha256``, the registry's
+    ``sha256`` and the hash recorded at its first download. A ``@sha256:<hex>`` suffix on
+    ``source`` pins the hash like ``expected_sha256``.
 
     Raises:
         FileNotFoundError: ``source`` is neither an existing file nor a registered name.
         IsADirectoryError: ``source`` is a folder.
         WeightsDownloadError: a registered file is not cached and cannot be downloaded.
+        WeightsHashError: the file's SHA-256 is not the pinned or the recorded one.
     """
+    if isinstance(source, str) and (pin := _PIN.search(source)):
+        source, expected_sha256 = source[:pin.start()], expected_sha256 or pin.group(1)
     path = Path(source).expanduser()
     if path.is_file():
+        if expected_sha256:
+            _verify(path, expected_sha256, "Check where the file came from.")
         return path
     if isinstance(source, str) and _is_registered(source):
         entry = get_weights(source)
-        return download_file(entry.url, entry.file_name, progress=progress, name=entry.name)
+        expected = expected_sha256 or entry.sha256
+        target = weights_cache_dir() / entry.file_name
+        if target.is_file():
+            _verify(target, expected, f"Delete {target} (and {_sidecar(target).name}) to download "
+                                      "it again.")
+            return target
+        return download_file(entry.url, entry.file_name, progress=progress, name=entry.name,
+                             expected_sha256=expected)
     if path.is_dir():
         raise IsADirectoryError(f"weights {str(source)!r} is a folder, not a checkpoint file; give "
                                 "the path of the .pth/.ckpt/.safetensors file inside it")
@@ -129,57 +179,35 @@ def resolve_weights(source: str | os.PathLike, *, progress: bool = True) -> Path
                             f"name (registered: {list_weights()})")
 
 
-def _looks_like_checkpoint(head: bytes) -> bool:
-    """torch.save zip archive, legacy pickle stream, or a safetensors header."""
-    return (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
-            or (len(head) > 8 and head[8:9] == b"{"))
+def _refuse_non_checkpoint(head: bytes, content_type: str) -> str | None:
+    if is_torch_save(head) or is_safetensors(head):
+        return None
+    return f"{content_type} ({file_kind(head[:64])}), not a checkpoint (the link may have moved)"
 
 
 def download_file(url: str, file_name: str, *, progress: bool = True, name: str | None = None,
-                  timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
+                  timeout: float = DEFAULT_TIMEOUT_S, expected_sha256: str | None = None) -> Path:
     """Download ``url`` to ``weights_cache_dir()/file_name`` unless it is already there.
 
-    The file is written to a temporary file in the same directory and renamed into place, so an
-    interrupted download never leaves a partial checkpoint. ``timeout`` (seconds) bounds the
-    connection and each read.
+    Uses :func:`dat_lightning.download.download_url`: ``timeout`` (seconds) bounds the connection
+    and each read, the file appears only when complete (stale ``.part`` files of killed downloads
+    are removed), and its SHA-256 is checked against ``expected_sha256`` and recorded in
+    ``<file_name>.sha256``.
     """
     target = weights_cache_dir() / file_name
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    hint = (f"Without network access, download {url} (file name {file_name}) on another "
+            f"machine and copy it to {target}, or pass the local path of the file instead of "
+            "the name; weights: null trains from scratch.")
     what = f"weights {name!r}" if name else f"weights file {file_name!r}"
-    help_msg = (f"Without network access, download {url} (file name {file_name}) on another "
-                f"machine and copy it to {target}, or pass the local path of the file instead of "
-                "the name.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{file_name}.", suffix=".part", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            head = response.read(_CHUNK)
-            if not _looks_like_checkpoint(head):
-                kind = response.headers.get("Content-Type", "unknown content type")
-                raise WeightsDownloadError(
-                    f"downloading {what} from {url} returned {kind}, not a checkpoint (the link "
-                    f"may have moved). {help_msg}")
-            written = 0
-            with tqdm(total=total, unit="B", unit_scale=True, desc=file_name,
-                      disable=not progress) as bar:
-                while head:
-                    written += out.write(head)
-                    bar.update(len(head))
-                    head = response.read(_CHUNK)
-            if total is not None and written != total:
-                raise WeightsDownloadError(
-                    f"downloading {what} from {url} stopped after {written} of {total} bytes "
-                    f"(connection closed); try again. {help_msg}")
-        os.replace(tmp, target)
-    except WeightsDownloadError:
-        raise
-    except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise WeightsDownloadError(f"could not download {what} from {url}: {reason}. "
-                                   f"{help_msg}") from exc
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        digest = download_url(url, target, what=what, hint=hint, timeout=timeout,
+                              progress=progress, sha256=expected_sha256,
+                              check_head=_refuse_non_checkpoint)
+    except ChecksumError as exc:
+        raise WeightsHashError(str(exc)) from exc
+    except DownloadError as exc:
+        raise WeightsDownloadError(str(exc)) from exc
+    _sidecar(target).write_text(f"{digest}  {file_name}\n")
     return target
