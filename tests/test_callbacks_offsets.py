@@ -225,6 +225,31 @@ def test_guard_stop_checks_the_offsets_before_every_checkpoint(tmp_path, tiny_da
     torch.testing.assert_close(weight, corrupt.history[10])
 
 
+def test_guard_state_survives_a_resume(tmp_path, tiny_dat):
+    """A resumed guard keeps its running statistics: a spike right after the resume is caught,
+    where a fresh guard would still be warming up (warmup_checks=5)."""
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    first = OffsetGuard(every_n_steps=1)
+    fit(tmp_path, TinyTask(tiny_dat("v1")), [first, TaskCheckpoint(dirpath=ckpt, monitor=None,
+                                                                  every_n_train_steps=8, save_last=True)],
+        max_steps=8, val=False)
+    saved = load(ckpt / "last.ckpt")
+    (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("OffsetGuard")]
+    assert state == first.state_dict() and state["blocks"]
+    checks = {k: s["checks"] for k, s in state["blocks"].items()}
+    assert checks == {"stages.1.attns.1": 8, "stages.2.attns.1": 8, "stages.3.attns.1": 0}  # 3: inactive
+
+    resumed = OffsetGuard(every_n_steps=1)
+    with pytest.warns(OffsetInstabilityWarning, match="step 9, block stages"):
+        fit(tmp_path, TinyTask(tiny_dat("v1")), [LRSpike(8, 1e4), resumed], max_steps=10, val=False,
+            ckpt_path=str(ckpt / "last.ckpt"))
+    assert resumed.events and resumed.events[0].step == 9
+    assert resumed.state_dict()["blocks"].keys() == state["blocks"].keys()
+    assert {k: s["checks"] for k, s in resumed.state_dict()["blocks"].items()} == {
+        "stages.1.attns.1": 10, "stages.2.attns.1": 10, "stages.3.attns.1": 0}
+
+
 def test_guard_reports_non_finite_offsets_and_gradients(tmp_path, tiny_dat):
     torch.manual_seed(0)
     task = TinyTask(tiny_dat("pp"))
