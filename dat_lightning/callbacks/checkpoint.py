@@ -100,7 +100,9 @@ class TaskCheckpoint(ModelCheckpoint):
         monitor: metric that picks the best checkpoints; ``"auto"``: the task's metric; ``None``:
             keep the latest.
         verbose: log each save decision.
-        save_last: write ``last.ckpt`` (``"link"``: a symbolic link to the latest top-k file).
+        save_last: write ``last.ckpt`` at every trigger; ``"link"`` makes it a symbolic link to the
+            latest top-k file instead (ModelCheckpoint's meaning: the latest state only when every
+            trigger saves a top-k file, e.g. ``save_top_k=-1``).
         save_top_k: number of best checkpoints kept (-1: all, 0: none).
         save_on_exception: also save when training raises.
         save_weights_only: save only the model weights.
