@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from contextlib import ExitStack
 
 import lightning.pytorch as pl
 import torch
@@ -43,12 +44,12 @@ class Saturation(Callback):
 
     def __init__(self) -> None:
         self.series: dict[str, list[float]] = {}
-        self._blocks = None
+        self._blocks = []
+        self._rec = ExitStack()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._blocks = [(k, b) for k, b in deformable_blocks(pl_module) if b.offset_range_factor < 0]
-        self._rec = recording([b for _, b in self._blocks])
-        self._rec.__enter__()
+        self._rec.enter_context(recording([b for _, b in self._blocks]))
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         for key, block in self._blocks:
@@ -56,15 +57,12 @@ class Saturation(Callback):
                 self.series.setdefault(key, []).append(offset_statistics([block.last_record])["saturated"])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self._rec.__exit__(None, None, None)
+        self._rec.close()
 
 
 def held(values: list[float], patience: int) -> float:
     """Largest v such that ``patience`` consecutive values are all >= v."""
     return max((min(values[i:i + patience]) for i in range(len(values) - patience + 1)), default=0.0)
-
-
-SETTINGS = {"healthy": (1.0, 1.0, 0), "healthy5x": (5.0, 1.0, 0), "diverging": (1.0, 1000.0, 6)}
 
 
 def main() -> None:
@@ -85,11 +83,11 @@ def main() -> None:
                 num_classes=10, backbone="dat_tiny", backbone_kwargs=RECIPE_DAT, label_smoothing=0.1,
                 warmup_steps=40, offset_lr_mult=offset_mult, freeze_offsets_steps=frozen,
                 optimizer=lambda params, lr=lr: torch.optim.AdamW(params, lr=lr, weight_decay=0.05))
+            data = DigitsDataModule(batch_size=64, image_size=32, val_fraction=0.2, num_workers=0, seed=seed)
             sat = Saturation()
             trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False,
                                  enable_checkpointing=False, enable_progress_bar=False,
                                  enable_model_summary=False, callbacks=[sat], gradient_clip_val=5.0)
-            data = DigitsDataModule(batch_size=64, image_size=32, val_fraction=0.2, num_workers=0, seed=seed)
             trainer.fit(task, datamodule=data)
             acc = float(trainer.callback_metrics["val_acc1"])
             for key, values in sat.series.items():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -261,6 +262,25 @@ def test_guard_reports_non_finite_offsets_and_gradients(tmp_path, tiny_dat):
     fired = {(e.step, e.block, e.statistic) for e in guard.events}
     assert {(4, "stages.1.attns.1", s) for s in ("offsets_non_finite", "grad_non_finite")} <= fired
     assert all(e.step == 4 for e in guard.events)
+
+
+@pytest.mark.parametrize("offset_lr_mult", [1.0, 1000.0])
+def test_saturation_rule_separates_healthy_from_diverging_offsets(tmp_path, tiny_dat, offset_lr_mult):
+    """The saturation rule with its default threshold and patience, on stage 1 of the tiny DAT v1
+    (``offset_range_factor=-1``): silent at the normal offset LR, fires when the offset networks
+    train at 1000x. Calibration (benchmarks/RESULTS_guard_calibration.md, digits recipe, 5 seeds
+    each): CALIBRATION."""
+    torch.manual_seed(0)
+    guard = OffsetGuard(every_n_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", OffsetInstabilityWarning)
+        task = TinyTask(tiny_dat("v1"), offset_lr_mult=offset_lr_mult)
+        fit(tmp_path, task, [guard], max_steps=16, val=False)
+    saturated = {e.block for e in guard.events if e.statistic == "saturated"}
+    if offset_lr_mult > 1:
+        assert "stages.1.attns.1" in saturated
+    else:
+        assert not saturated
 
 
 def test_reduce_lr_needs_an_offset_param_group_with_an_lr_scale(tmp_path, tiny_dat):
