@@ -268,8 +268,10 @@ def test_guard_reports_non_finite_offsets_and_gradients(tmp_path, tiny_dat):
 def test_saturation_rule_separates_healthy_from_diverging_offsets(tmp_path, tiny_dat, offset_lr_mult):
     """The saturation rule with its default threshold and patience, on stage 1 of the tiny DAT v1
     (``offset_range_factor=-1``): silent at the normal offset LR, fires when the offset networks
-    train at 1000x. Calibration (benchmarks/RESULTS_guard_calibration.md, digits recipe, 5 seeds
-    each): CALIBRATION."""
+    train at 1000x. Calibration (benchmarks/RESULTS_guard_calibration.md, digits recipe, seeds 0-4):
+    the saturated fraction held for 3 steps was 0.00-0.02 at the recipe's and 2x LR, 0.04-0.41 at 5x
+    (still converging, val acc 0.89-0.94) and 1.00 in every run with 1000x offset LR; the defaults
+    (0.8 for 5 checks) sit between them. This test passes with seeds 0-4 (torch.manual_seed)."""
     torch.manual_seed(0)
     guard = OffsetGuard(every_n_steps=1)
     with warnings.catch_warnings():

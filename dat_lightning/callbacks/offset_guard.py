@@ -107,7 +107,10 @@ class OffsetGuard(OffsetRecorder):
         jump_min_ratio: ... and be this many times the running mean.
         warmup_checks: checks of a block before jump detection starts.
         ema_decay: decay of the running mean/variance of mean |offset|.
-        max_saturation: saturated fraction above which a block counts as saturated.
+        max_saturation: saturated fraction above which a block counts as saturated. The default
+            (with ``patience=5``) is calibrated on healthy and diverging runs of the digits recipe
+            (``benchmarks/RESULTS_guard_calibration.md``): converging runs at 5x the recipe's LR
+            held up to 0.41 for 3 steps, runs with diverged offset networks 1.00.
         min_spread: spread below which a block's sampling points count as collapsed.
         patience: consecutive saturated / collapsed checks before firing.
         lr_factor: ``"reduce_lr"`` multiplies the ``lr_scale`` of the offset networks' param
@@ -118,8 +121,8 @@ class OffsetGuard(OffsetRecorder):
 
     def __init__(self, action: Literal["warn", "reduce_lr", "stop"] = "warn", every_n_steps: int = 10,
                  jump_sigmas: float = 6.0, jump_min_ratio: float = 2.0, warmup_checks: int = 5,
-                 ema_decay: float = 0.9, max_saturation: float = 0.5, min_spread: float = 0.1,
-                 patience: int = 3, lr_factor: float = 0.1) -> None:
+                 ema_decay: float = 0.9, max_saturation: float = 0.8, min_spread: float = 0.1,
+                 patience: int = 5, lr_factor: float = 0.1) -> None:
         super().__init__(every_n_steps)
         if action not in ("warn", "reduce_lr", "stop"):
             raise ValueError(f"OffsetGuard: action must be 'warn', 'reduce_lr' or 'stop', got {action!r}")
