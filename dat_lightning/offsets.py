@@ -83,8 +83,12 @@ def stage_of(key: str) -> str:
 
 
 def deformable_blocks(module: nn.Module) -> list[tuple[str, DeformableAttention]]:
-    """``(key, block)`` of every :class:`DeformableAttention` inside ``module``, in forward order."""
-    return [(block_key(n), m) for n, m in module.named_modules() if isinstance(m, DeformableAttention)]
+    """``(key, block)`` of every :class:`DeformableAttention` of the first DAT inside ``module``
+    (see :func:`find_dat`; the one the forward pass trains, not e.g. an EMA copy), or of
+    ``module`` itself when it holds no DAT, in forward order."""
+    found = find_dat(module)
+    root = found[1] if found is not None else module
+    return [(block_key(n), m) for n, m in root.named_modules() if isinstance(m, DeformableAttention)]
 
 
 @dataclass

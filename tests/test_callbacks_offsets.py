@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import warnings
@@ -113,6 +114,13 @@ def test_healthy_finetune_logs_every_statistic_and_guard_stays_quiet(tmp_path, t
     # CSVLogger has no add_figure: one PNG per stage with an active block and validation epoch.
     pngs = sorted(p.name for p in (Path(trainer.log_dir) / "offset_plots").glob("*.png"))
     assert pngs == sorted(f"val_{s}_sampling_points_step{step:07d}.png" for s in stages for step in (8, 16))
+
+
+def test_blocks_are_those_of_the_trained_dat_not_of_a_copy(tiny_dat):
+    model = tiny_dat("v1")
+    wrapper = torch.nn.ModuleDict({"model": model, "model_ema": copy.deepcopy(model)})
+    assert [b for _, b in deformable_blocks(wrapper)] == [b for _, b in model.deformable_blocks()]
+    assert [k for k, _ in deformable_blocks(wrapper)] == [k for k, _ in model.deformable_blocks()]
 
 
 def test_overlapping_recordings_restore_the_previous_flags(tiny_dat):
