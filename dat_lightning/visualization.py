@@ -2,10 +2,18 @@
 
 :func:`plot_sampling_points` takes a model (a :class:`~dat_lightning.models.DAT` or any module
 that contains DAT blocks, e.g. a LightningModule) and one or more images, and returns a matplotlib
-figure with one row per image: the sampling points of one deformable block over the image (with
-their reference grid), a few query points with their most-attended keys, and the histogram of the
-offsets. Coordinates follow ``grid_sample(align_corners=True)``: -1 / +1 are the centres of the
-first / last *feature* cell, and a feature cell covers ``input / fmap`` input pixels.
+figure with one row per image and three panels, each with its own legend:
+
+* **sampling points**: the block's undeformed reference grid (white crosses), the sampling points
+  the offsets moved them to (dots, one colour per offset group) and a line from each reference
+  point to its sampling point;
+* **queries and top-k keys**: a few query positions (stars, one colour per query) and the keys
+  each attends to most (circles of the query's colour, area proportional to the attention weight);
+* **offset histogram**: number of sampling points per offset, y and x, in key-grid cells.
+
+Image axes are in input pixels. Stages are numbered from 0 like the modules (``stage2`` holds
+``stages.2.attns.1``). Coordinates follow ``grid_sample(align_corners=True)``: -1 / +1 are the
+centres of the first / last *feature* cell, and a feature cell covers ``input / fmap`` input pixels.
 """
 
 from __future__ import annotations
@@ -17,28 +25,32 @@ import torch
 import torch.nn as nn
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from dat_lightning.callbacks.statistics import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+from dat_lightning.models.layers.deformable_attention import DeformableRecord
+from dat_lightning.offsets import (
     block_key,
     deformable_blocks,
+    inactive,
     normalized_to_pixels,
+    record_sampling,
     stage_of,
 )
-from dat_lightning.models.dat import DAT
-from dat_lightning.models.layers.deformable_attention import DeformableAttention, DeformableRecord
+from datamodules.plotting import unnormalize
 
-__all__ = ["denormalize", "draw_sampling_points", "plot_sampling_points", "record_sampling"]
+__all__ = ["GROUP_COLORS", "QUERY_COLORS", "draw_sampling_points", "plot_sampling_points", "to_display"]
 
+#: Colours of the offset groups' sampling points (ColorBrewer Set1).
 GROUP_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
+#: Colours of the query points and their keys: bright, far apart in hue, visible on photos.
+QUERY_COLORS = ("#ffff33", "#00e5ff", "#ff33ff", "#66ff33", "#ff8c1a", "#ffffff")
 
 
-def denormalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def to_display(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """``[N, 3, H, W]`` normalised images -> ``[N, H, W, 3]`` in [0, 1] for display."""
-    m = images.new_tensor(mean).view(1, -1, 1, 1)
-    s = images.new_tensor(std).view(1, -1, 1, 1)
-    return (images * s + m).clamp(0, 1).permute(0, 2, 3, 1)
+    return torch.from_numpy(np.stack([unnormalize(image, mean, std) for image in images])).float()
 
 
 def _as_batch(image: torch.Tensor | np.ndarray, mean: Sequence[float],
@@ -55,36 +67,7 @@ def _as_batch(image: torch.Tensor | np.ndarray, mean: Sequence[float],
         raise ValueError("image must be a normalised [3, H, W] / [N, 3, H, W] tensor or an HWC uint8 "
                          f"numpy array, got {type(image).__name__} of shape {tuple(image.shape)}")
     batch = image.reshape(-1, *image.shape[-3:]).float()
-    return batch, denormalize(batch.detach().cpu(), mean, std)
-
-
-@torch.no_grad()
-def record_sampling(model: nn.Module, images: torch.Tensor,
-                    blocks: Sequence[DeformableAttention]) -> list[DeformableRecord]:
-    """Run ``model`` on ``images`` in eval mode with offset and attention recording on ``blocks``.
-
-    Runs the first :class:`DAT` inside ``model`` (``forward_features``), else ``model`` itself.
-    The blocks' recording flags and the model's train/eval mode are restored afterwards; the
-    records stay in ``block.last_record``.
-    """
-    backbone = next((m for m in model.modules() if isinstance(m, DAT)), None)
-    flags = [(b.record_offsets, b.record_attention) for b in blocks]
-    training = model.training
-    model.eval()
-    try:
-        for b in blocks:
-            b.record_offsets = b.record_attention = True
-            b.last_record = None
-        (backbone.forward_features if backbone is not None else model)(images)
-    finally:
-        model.train(training)
-        for b, (offsets, attention) in zip(blocks, flags):
-            b.record_offsets, b.record_attention = offsets, attention
-    missing = [i for i, b in enumerate(blocks) if b.last_record is None]
-    if missing:
-        raise RuntimeError(f"record_sampling: {len(missing)} of the requested deformable blocks did not "
-                           "run in the forward pass; pass blocks that are part of the model")
-    return [b.last_record for b in blocks]
+    return batch, to_display(batch, mean, std)
 
 
 def _query_cells(fmap_size: tuple[int, int], num_queries: int) -> list[tuple[int, int]]:
@@ -98,9 +81,9 @@ def draw_sampling_points(display: torch.Tensor, record: DeformableRecord, title:
                          num_queries: int = 3, top_k: int = 8) -> Figure:
     """Figure of one block's record over ``display`` images (``[N, H, W, 3]`` in [0, 1]).
 
-    Row per image: sampling points (coloured by offset group; the scatter has gid
-    ``"sampling_points"``) with their reference points; query points (gid ``"queries"``) and their
-    ``top_k`` most-attended keys (needs ``record.attn``); histogram of the offsets in cells.
+    Row per image, panels and legends as in the module docstring. Scatter gids:
+    ``"reference_points"``, ``"sampling_points"``, ``"queries"`` (the last needs ``record.attn``).
+    A block on a 1x1 feature map is flagged as inactive in the title.
     """
     n, height, width = display.shape[:3]
     size = (height, width)
@@ -108,9 +91,11 @@ def draw_sampling_points(display: torch.Tensor, record: DeformableRecord, title:
     ref = normalized_to_pixels(record.ref.float().cpu(), record.fmap_size, size)
     cells = (record.pos - record.ref).float().cpu() / record.cell_size()
     groups = pos.shape[1]
-    colors = np.repeat([GROUP_COLORS[g % len(GROUP_COLORS)] for g in range(groups)],
-                       pos.shape[2] * pos.shape[3])
-    fig = Figure(figsize=(9.6, 3.2 * n + 0.4), layout="constrained")
+    group_colors = [GROUP_COLORS[g % len(GROUP_COLORS)] for g in range(groups)]
+    colors = np.repeat(group_colors, pos.shape[2] * pos.shape[3])
+    fig = Figure(figsize=(11, 3.4 * n + 0.5), layout="constrained")
+    if inactive(record):
+        title = f"{title} (inactive: 1x1 feature map, the offsets change nothing)".strip()
     if title:
         fig.suptitle(title)
     axes = fig.subplots(n, 3, squeeze=False)
@@ -120,24 +105,34 @@ def draw_sampling_points(display: torch.Tensor, record: DeformableRecord, title:
         p, r = pos[i].reshape(-1, 2).numpy(), ref[i].reshape(-1, 2).numpy()
         ax.add_collection(LineCollection(np.stack([r[:, ::-1], p[:, ::-1]], 1), colors=colors,
                                          linewidths=0.6, alpha=0.6))
-        ax.scatter(r[:, 1], r[:, 0], s=8, marker="+", c="white", linewidths=0.6, gid="reference_points")
+        ax.scatter(r[:, 1], r[:, 0], s=10, marker="+", c="white", linewidths=0.8, gid="reference_points")
         ax.scatter(p[:, 1], p[:, 0], s=14, c=colors, edgecolors="black", linewidths=0.3,
                    gid="sampling_points")
-        ax.set_title("sampling points", fontsize=9)
+        handles = [Line2D([], [], marker="+", color="white", markeredgecolor="black", linestyle="",
+                          label="reference point")]
+        handles += [Line2D([], [], marker="o", color=c, markeredgecolor="black", linestyle="",
+                           label=f"sampling point, group {g}") for g, c in enumerate(group_colors)]
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                  framealpha=0.9)
+        ax.set_title("sampling points (line: offset)", fontsize=9)
         ax = axes[i, 1]
         ax.imshow(display[i].numpy())
-        ax.set_title(f"queries and top-{top_k} keys", fontsize=9)
+        ax.set_title(f"queries and their top-{top_k} keys", fontsize=9)
         if record.attn is not None:
             _draw_attention(ax, record, pos[i], i, num_queries, top_k, size)
         ax = axes[i, 2]
         ax.hist([cells[i, ..., 0].flatten().numpy(), cells[i, ..., 1].flatten().numpy()], bins=20,
-                label=["y", "x"])
+                label=["y offset", "x offset"])
         ax.set_xlabel("offset (key-grid cells)")
-        ax.legend(fontsize=8)
+        ax.set_ylabel("sampling points")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title("offset histogram", fontsize=9)
+        ax.legend(fontsize=7)
         for ax in axes[i, :2]:
             ax.set_xlim(-0.5, width - 0.5)
             ax.set_ylim(height - 0.5, -0.5)
-            ax.set_axis_off()
+            ax.set_xlabel("x (input pixels)")
+            ax.set_ylabel("y (input pixels)")
     return fig
 
 
@@ -152,25 +147,32 @@ def _draw_attention(ax, record: DeformableRecord, pos: torch.Tensor, i: int, num
     keys = pos.reshape(-1, 2)
     cell = torch.tensor(size, dtype=torch.float32) / torch.tensor([h, w], dtype=torch.float32)
     queries = _query_cells(record.fmap_size, num_queries)
-    colors = [GROUP_COLORS[(j + 3) % len(GROUP_COLORS)] for j in range(len(queries))]
-    for (qi, qj), color in zip(queries, colors):
+    colors = [QUERY_COLORS[j % len(QUERY_COLORS)] for j in range(len(queries))]
+    handles = []
+    for j, ((qi, qj), color) in enumerate(zip(queries, colors)):
         yx = (torch.tensor([qi, qj], dtype=torch.float32) + 0.5) * cell - 0.5
         weights = per_group[:, qi * w + qj].flatten()
         top = weights.topk(min(top_k, weights.numel()))
         kyx = keys[top.indices].numpy()
         ax.add_collection(LineCollection([[(yx[1], yx[0]), (k[1], k[0])] for k in kyx], colors=color,
-                                         linewidths=0.8, alpha=0.7))
+                                         linewidths=0.8, alpha=0.8))
         ax.scatter(kyx[:, 1], kyx[:, 0], s=200 * top.values.numpy() / float(top.values.max()) + 4,
-                   c=color, edgecolors="white", linewidths=0.4)
+                   c=color, edgecolors="black", linewidths=0.4)
+        handles.append(Line2D([], [], marker="*", markersize=10, color=color, markeredgecolor="black",
+                              linestyle="", label=f"query {j} at cell ({qi}, {qj})"))
     if queries:
         q = (torch.tensor(queries, dtype=torch.float32) + 0.5) * cell - 0.5
         ax.scatter(q[:, 1], q[:, 0], s=110, marker="*", c=colors, edgecolors="black", linewidths=0.6,
                    gid="queries")
+        handles.append(Line2D([], [], marker="o", color="lightgray", markeredgecolor="black",
+                              linestyle="", label="its keys (area: attention)"))
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                  framealpha=0.9)
 
 
 def plot_sampling_points(model: nn.Module, image: torch.Tensor | np.ndarray, block: str | None = None,
-                         stage: int | None = None, mean: Sequence[float] = IMAGENET_MEAN,
-                         std: Sequence[float] = IMAGENET_STD, num_queries: int = 3,
+                         stage: int | None = None, mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+                         std: Sequence[float] = IMAGENET_DEFAULT_STD, num_queries: int = 3,
                          top_k: int = 8) -> Figure:
     """Draw the sampling points of one deformable block of ``model`` for ``image``.
 
@@ -178,9 +180,9 @@ def plot_sampling_points(model: nn.Module, image: torch.Tensor | np.ndarray, blo
         model: a DAT, or any module containing DAT blocks (e.g. a LightningModule).
         image: normalised ``[3, H, W]`` / ``[N, 3, H, W]`` tensor, or an HWC / NHWC uint8 RGB array
             (normalised here with ``mean``/``std``).
-        block: block name, e.g. ``"stages.2.attns.1"`` (anything before ``stages.`` is ignored).
-        stage: use the last deformable block of this stage (when ``block`` is not given); default:
-            the first stage that has one.
+        block: block key, e.g. ``"stages.2.attns.1"`` (anything before ``stages.`` is ignored).
+        stage: use the last deformable block of this stage, numbered from 0 like the modules
+            (when ``block`` is not given); default: the first stage that has one.
         mean: per-channel normalisation mean.
         std: per-channel normalisation std.
         num_queries: query points whose most-attended keys are drawn.
@@ -207,4 +209,5 @@ def plot_sampling_points(model: nn.Module, image: torch.Tensor | np.ndarray, blo
     batch, display = _as_batch(image, mean, std)
     device = next(model.parameters()).device
     (record,) = record_sampling(model, batch.to(device), [module])
-    return draw_sampling_points(display, record, title=key, num_queries=num_queries, top_k=top_k)
+    return draw_sampling_points(display, record, title=f"{stage_of(key)}: block {key}",
+                                num_queries=num_queries, top_k=top_k)

@@ -67,3 +67,29 @@ def test_uint8_image_is_normalised_like_the_tensor_input(tiny_dat):
 def test_unknown_block_lists_the_available_ones(tiny_dat):
     with pytest.raises(ValueError, match=r"stages\.1\.attns\.1"):
         plot_sampling_points(tiny_dat("v1"), torch.randn(3, 32, 32), block="stages.0.attns.0")
+
+
+def test_figure_explains_itself(tiny_dat):
+    torch.manual_seed(0)
+    fig = plot_sampling_points(tiny_dat("v1").eval(), torch.randn(1, 3, 32, 32), stage=2, num_queries=2)
+    points, queries, histogram = fig.axes[:3]
+    assert fig.get_suptitle() == "stage2: block stages.2.attns.1"
+    labels = [t.get_text() for t in points.get_legend().get_texts()]
+    assert labels == ["reference point", "sampling point, group 0", "sampling point, group 1"]
+    labels = [t.get_text() for t in queries.get_legend().get_texts()]
+    assert len(labels) == 3 and labels[-1] == "its keys (area: attention)"
+    for ax in (points, queries):
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("x (input pixels)", "y (input pixels)")
+    assert histogram.get_ylabel() == "sampling points" and histogram.get_xlabel() == "offset (key-grid cells)"
+    fig.canvas.draw()
+    ticks = histogram.get_yticks()
+    assert np.allclose(ticks, np.round(ticks))
+    (stars,) = [c for c in queries.collections if c.get_gid() == "queries"]
+    colours = stars.get_facecolors()[:, :3]
+    gaps = [np.abs(a - b).sum() for i, a in enumerate(colours) for b in colours[i + 1:]]
+    assert min(gaps) > 0.5  # clearly different colours
+
+
+def test_block_on_a_one_cell_map_is_flagged_inactive(tiny_dat):
+    fig = plot_sampling_points(tiny_dat("v1").eval(), torch.randn(1, 3, 32, 32), stage=3)
+    assert "inactive: 1x1 feature map" in fig.get_suptitle()

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from ..models.dat import DAT, DATFeatures
+from ..offsets import find_dat
 
 __all__ = ["NO_DECAY_KEYWORDS", "SCHEDULES", "build_lr_scheduler", "dat_layer_id", "find_dat",
            "param_groups", "schedule_factor"]
@@ -40,15 +40,6 @@ _BLOCK = re.compile(r"^stages\.(\d+)\.(attns|mlps|local_perception_units|layer_n
                     r"\.(\d+)\.")
 _DOWN = re.compile(r"^down_projs\.(\d+)\.")
 _HEAD_PREFIXES = ("cls_norm.", "cls_head.", "norms.")
-
-
-def find_dat(model: nn.Module) -> tuple[str, DAT | DATFeatures] | None:
-    """``(name prefix, module)`` of the first DAT backbone inside ``model`` (``model`` itself
-    gives the prefix ``""``), or ``None`` when there is none."""
-    for name, module in model.named_modules():
-        if isinstance(module, (DAT, DATFeatures)):
-            return (f"{name}." if name else ""), module
-    return None
 
 
 def dat_layer_id(name: str, depths: Sequence[int]) -> int:

@@ -51,7 +51,6 @@ class DeformableRecord:
     saturated: torch.Tensor
     fmap_size: tuple[int, int]
     generation: str
-    offset_range_factor: float
     attn: torch.Tensor | None = None
 
     @property
@@ -239,7 +238,6 @@ class DeformableAttention(nn.Module):
                 saturated=saturated.view(shape),
                 fmap_size=(H, W),
                 generation=self.generation,
-                offset_range_factor=self.offset_range_factor,
                 attn=probs.detach() if self.record_attention else None,
             )
         return self.proj_drop(out).permute(0, 3, 1, 2)
