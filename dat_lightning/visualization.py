@@ -38,19 +38,14 @@ from dat_lightning.offsets import (
     record_sampling,
     stage_of,
 )
-from datamodules.plotting import unnormalize
+from datamodules.plotting import denormalize
 
-__all__ = ["GROUP_COLORS", "QUERY_COLORS", "draw_sampling_points", "plot_sampling_points", "to_display"]
+__all__ = ["GROUP_COLORS", "QUERY_COLORS", "draw_sampling_points", "plot_sampling_points"]
 
 #: Colours of the offset groups' sampling points (ColorBrewer Set1).
 GROUP_COLORS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#999999")
 #: Colours of the query points and their keys: bright, far apart in hue, visible on photos.
 QUERY_COLORS = ("#ffff33", "#00e5ff", "#ff33ff", "#66ff33", "#ff8c1a", "#ffffff")
-
-
-def to_display(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``[N, 3, H, W]`` normalised images -> ``[N, H, W, 3]`` in [0, 1] for display."""
-    return torch.from_numpy(np.stack([unnormalize(image, mean, std) for image in images])).float()
 
 
 def _as_batch(image: torch.Tensor | np.ndarray, mean: Sequence[float],
@@ -67,7 +62,7 @@ def _as_batch(image: torch.Tensor | np.ndarray, mean: Sequence[float],
         raise ValueError("image must be a normalised [3, H, W] / [N, 3, H, W] tensor or an HWC uint8 "
                          f"numpy array, got {type(image).__name__} of shape {tuple(image.shape)}")
     batch = image.reshape(-1, *image.shape[-3:]).float()
-    return batch, to_display(batch, mean, std)
+    return batch, denormalize(batch.cpu(), mean, std)
 
 
 def _query_cells(fmap_size: tuple[int, int], num_queries: int) -> list[tuple[int, int]]:

@@ -52,7 +52,8 @@ from dat_lightning.offsets import (
     recording,
     stage_of,
 )
-from dat_lightning.visualization import draw_sampling_points, to_display
+from dat_lightning.visualization import draw_sampling_points
+from datamodules.plotting import denormalize
 
 __all__ = ["OffsetRecorder", "OffsetStatistics"]
 
@@ -214,7 +215,7 @@ class OffsetStatistics(OffsetRecorder):
         keys = {id(b): k for k, b in self._blocks}
         images = self._images.to(next(pl_module.parameters()).device)
         records = record_sampling(pl_module, images, [b for _, b in chosen])
-        display = to_display(self._images, self.mean, self.std)
+        display = denormalize(self._images.cpu(), self.mean, self.std)
         for (stage, block), record in zip(chosen, records):
             if inactive(record):
                 continue
