@@ -4,12 +4,15 @@ freezing, per-step scheduling under gradient accumulation, and argument errors."
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
+import task_helpers
 import torch
 from conftest import tiny_dat_kwargs
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
+from task_helpers import make_trainer
 from toy_data import NUM_CLASSES, toy_loader
 
 from dat_lightning.tasks import ClassificationTask
@@ -18,18 +21,7 @@ from dat_lightning.tasks.optim import schedule_factor
 LR = 1e-3
 
 
-def make_task(generation: str = "v1", seed: int = 0, **kwargs) -> ClassificationTask:
-    seed_everything(seed)
-    kwargs.setdefault("optimizer", lambda params: torch.optim.AdamW(params, lr=LR))
-    return ClassificationTask(num_classes=NUM_CLASSES, backbone="dat_tiny",
-                              backbone_kwargs=dict(tiny_dat_kwargs(generation, NUM_CLASSES),
-                                                   drop_path_rate=0.0), **kwargs)
-
-
-def make_trainer(**kwargs) -> Trainer:
-    kwargs.setdefault("enable_checkpointing", False)
-    return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, **kwargs)
+make_task = partial(task_helpers.make_task, ClassificationTask, NUM_CLASSES, lr=LR, seed=0)
 
 
 class Recorder(Callback):

@@ -5,36 +5,52 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import timm
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import OptimizerCallable
+from torchmetrics import MetricCollection
 
 from .optim import SCHEDULES, build_lr_scheduler, param_groups
 
-__all__ = ["BaseTask"]
+__all__ = ["BaseTask", "EvaluationOutputs"]
+
+
+class EvaluationOutputs(NamedTuple):
+    """What a task computes on one validation or test batch (see :meth:`BaseTask.evaluation_outputs`)."""
+
+    #: predictions, as the task's metrics take them.
+    preds: Any
+    #: targets, as the task's metrics take them.
+    target: Any
+    #: the batch's loss, logged as ``val_loss`` / ``test_loss``; None when the task has none.
+    loss: torch.Tensor | None
+    #: number of samples in the batch.
+    batch_size: int
 
 
 class BaseTask(LightningModule, ABC):
     """Base class of the tasks: a DAT backbone plus a task head, trained with per-group LRs.
 
-    Subclasses implement :meth:`configure_models` (and usually :meth:`configure_losses`,
-    :meth:`configure_metrics` and the ``*_step`` methods); they take their own arguments and pass
-    the shared ones on with ``**kwargs``. Every argument is stored in ``self.hparams`` (except
-    ``optimizer``) before the ``configure_*`` methods run.
+    Subclasses implement :meth:`configure_models`, which builds ``self.model`` (called by
+    :meth:`forward`), usually :meth:`configure_losses` and :meth:`configure_metrics`, and
+    :meth:`training_step`, :meth:`evaluation_outputs` (shared by :meth:`validation_step` and
+    :meth:`test_step`) and :meth:`predict_step`; they take their own arguments and pass the shared
+    ones on with ``**kwargs``. Every argument is stored in ``self.hparams`` (except ``optimizer``)
+    before the ``configure_*`` methods run.
 
     The optimizer receives the groups of :func:`~dat_lightning.tasks.optim.param_groups`, so they
     survive any optimizer choice; its LR is the peak LR, which each group scales by its
     ``lr_scale``. The LR follows :func:`~dat_lightning.tasks.optim.build_lr_scheduler`, stepped once
     per optimizer step (correct under gradient accumulation). All groups exist from the start,
     frozen ones with LR 0 and ``requires_grad=False``, so a checkpoint saved before or after an
-    unfreeze resumes with matching optimizer state. Each group's LR is logged as
-    ``lr_<group name>`` (left to a :class:`~lightning.pytorch.callbacks.LearningRateMonitor`
-    when the trainer has one, as the CLI does). Subclasses that override :meth:`configure_optimizers`,
-    :meth:`on_train_batch_start` or :meth:`on_train_end` must call ``super()``.
+    unfreeze resumes with matching optimizer state. Each group's LR is logged at every step as
+    ``lr_<group name>`` (e.g. ``lr_backbone_decay``), also when the trainer has a
+    :class:`~lightning.pytorch.callbacks.LearningRateMonitor` of its own. Subclasses that
+    override :meth:`configure_optimizers`, :meth:`on_train_batch_start` or :meth:`on_train_end`
+    must call ``super()``.
 
     Args:
         num_classes: number of classes (linked from the datamodule by the CLI).
@@ -103,7 +119,7 @@ class BaseTask(LightningModule, ABC):
 
     @abstractmethod
     def configure_models(self) -> None:
-        """Build the backbone and the task head(s) from ``self.hparams``."""
+        """Build ``self.model`` (backbone and task head(s)) from ``self.hparams``."""
 
     def configure_losses(self) -> None:
         """Build the loss function(s) from ``self.hparams``."""
@@ -120,6 +136,37 @@ class BaseTask(LightningModule, ABC):
     def checkpoint_monitor(self) -> tuple[str, str]:
         """The validation metric that picks the best checkpoint, and ``"min"``/``"max"``."""
         return ("val_loss", "min")
+
+    # --- forward and evaluation ------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``self.model`` on the inputs (see each task for what it returns)."""
+        return self.model(*args, **kwargs)
+
+    @abstractmethod
+    def evaluation_outputs(self, batch: Any) -> EvaluationOutputs:
+        """Predictions, targets, loss and size of one validation or test batch."""
+
+    def _evaluate(self, batch: Any, split: Literal["val", "test"]) -> None:
+        preds, target, loss, batch_size = self.evaluation_outputs(batch)
+        metrics = self.val_metrics if split == "val" else self.test_metrics
+        metrics.update(preds, target)
+        if loss is not None:
+            self.log(f"{split}_loss", loss, prog_bar=split == "val", batch_size=batch_size,
+                     sync_dist=True)
+        self.log_evaluation_metrics(metrics, split, batch_size)
+
+    def log_evaluation_metrics(self, metrics: MetricCollection, split: Literal["val", "test"],
+                               batch_size: int) -> None:
+        """Log the updated metric collection (Lightning computes it when the epoch ends)."""
+        self.log_dict(metrics, prog_bar=split == "val", batch_size=batch_size)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Loss and metrics of :meth:`evaluation_outputs` on one batch."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """Loss and metrics of :meth:`evaluation_outputs` on one batch."""
+        self._evaluate(batch, "test")
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -175,10 +222,8 @@ class BaseTask(LightningModule, ABC):
         state = (step < self._frozen_steps[0], step < self._frozen_steps[1])
         if state != self._frozen:
             self._set_frozen(*state)
-        if not any(isinstance(cb, LearningRateMonitor) for cb in self.trainer.callbacks):
-            groups = self.trainer.optimizers[0].param_groups
-            self.log_dict({f"lr_{g['name']}": g["lr"] for g in groups}, on_step=True,
-                          on_epoch=False)
+        groups = self.trainer.optimizers[0].param_groups
+        self.log_dict({f"lr_{g['name']}": g["lr"] for g in groups}, on_step=True, on_epoch=False)
 
     def on_train_end(self) -> None:
         """Leave every parameter trainable after fitting."""
