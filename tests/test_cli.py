@@ -80,6 +80,7 @@ SETUPS: dict[str, Callable] = {
     "cifar100_dat": lambda r, m: _cifar(r, m, True),
     "digits_dat": lambda r, m: [],
     "imagefolder_dat": _imagefolder,
+    "imagefolder_dat_scratch": _imagefolder,
     "pets_dat": _root(lambda r: write_pets(r, [1, 2, 3], OXFORD_PETS_CLASSES)),
     "flowers_dat": _flowers,
     "food_dat": _root(lambda r: write_food(r, ["apple_pie", "pizza"])),

@@ -104,7 +104,9 @@ def assert_logged(logged: dict, names: list[str]) -> None:
 
 
 def test_faster_rcnn_overfits_rectangles() -> None:
-    before, after, logged = overfit("faster_rcnn", steps=12, lr=2e-3)
+    """After 30 steps the loss is below 0.75 of the initial one and the box mAP@0.5 above 0.5:
+    seeds 0-5 of :func:`overfit` gave loss ratios 0.36-0.57 and mAP@0.5 0.75-1.0."""
+    before, after, logged = overfit("faster_rcnn", steps=30, lr=2e-3)
     assert after < 0.75 * before, (before, after)
     assert_logged(logged, ["train_loss", "train_loss_classifier", "train_loss_box_reg",
                            "train_loss_objectness", "train_loss_rpn_box_reg", "val_map", "val_map_50",
@@ -114,7 +116,9 @@ def test_faster_rcnn_overfits_rectangles() -> None:
 
 
 def test_retinanet_loss_falls() -> None:
-    before, after, logged = overfit("retinanet", steps=12, lr=1e-3)
+    """After 30 steps the loss is below 0.85 of the initial one: seeds 0-5 of :func:`overfit` gave
+    loss ratios 0.25-0.68 (after 12 steps they spread over 0.42-0.94, too close to any bound)."""
+    before, after, logged = overfit("retinanet", steps=30, lr=1e-3)
     assert after < 0.85 * before, (before, after)
     assert_logged(logged, ["train_loss", "train_classification", "train_bbox_regression", "val_map",
                            "val_map_50", "val_map_75"])

@@ -61,6 +61,7 @@ def assert_same(a, b, path: str = "") -> None:
         assert a == b, path
 
 
+@pytest.mark.filterwarnings("ignore:the LR warm-ups")  # deliberately long: 3 of the 4 steps
 def test_resume_before_unfreeze_continues_like_an_uninterrupted_run(tmp_path):
     """Freeze the backbone for the first epoch; stop when that epoch ends (max_epochs=1), resume
     to 2 epochs and compare with a run that never stopped: same groups, restored optimizer state,
@@ -134,6 +135,7 @@ def test_freeze_offsets_for_the_first_steps():
         assert lrs["backbone_decay"] == pytest.approx(LR)
 
 
+@pytest.mark.filterwarnings("ignore:the LR warm-ups")  # the whole 2-step run warms up
 def test_scheduler_steps_once_per_optimizer_step_under_accumulation():
     warmup = 2
     task, recorder = make_task(warmup_steps=warmup, lr_schedule="cosine"), Recorder()
@@ -170,3 +172,17 @@ def test_base_argument_errors(kwargs, message):
     kwargs = {"num_classes": NUM_CLASSES, "backbone": "dat_tiny", **kwargs}
     with pytest.raises(ValueError, match=message):
         ClassificationTask(**kwargs)
+
+
+def test_warmup_as_a_share_of_the_run_and_warning_for_long_warmups():
+    """``warmup_steps`` below 1 is a share of the run's optimizer steps; warm-ups longer than a
+    third of a run over the whole training set are warned about."""
+    task, recorder = make_task(warmup_steps=0.25, lr_schedule="constant"), Recorder()
+    make_trainer(max_epochs=2, callbacks=[recorder]).fit(task, toy_loader(16))  # 8 steps
+    got = [lrs[0]["head_decay"] for _, lrs in sorted(recorder.lrs.items())]
+    assert got == pytest.approx([LR * schedule_factor(s, 8, "constant", 2) for s in range(8)])
+    assert got[0] < got[1] == got[-1] == LR
+    with pytest.warns(UserWarning, match=r"warm-ups \(warmup_steps=10, .* take 10 of this run's 4 "
+                                         r"optimizer steps"):
+        make_trainer(max_epochs=1).fit(make_task(warmup_steps=10), toy_loader(16))
+    make_trainer(max_steps=4).fit(make_task(warmup_steps=10), toy_loader(16))  # cut short: no warning

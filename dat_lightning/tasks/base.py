@@ -11,11 +11,21 @@ import timm
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MetricCollection
 
 from .optim import SCHEDULES, build_lr_scheduler, param_groups
 
-__all__ = ["BaseTask", "EvaluationOutputs"]
+__all__ = ["WARMUP_SHARE", "BaseTask", "EvaluationOutputs"]
+
+#: Share of a run's optimizer steps above which the LR warm-ups trigger a warning.
+WARMUP_SHARE = 1 / 3
+
+
+def _steps_of_run(value: int | float, total_steps: int) -> int:
+    """Optimizer steps of a warm-up setting: ``value`` steps, or that share of ``total_steps`` when
+    ``value`` is below 1."""
+    return round(value * total_steps) if value < 1 else int(value)
 
 
 class EvaluationOutputs(NamedTuple):
@@ -62,7 +72,10 @@ class BaseTask(LightningModule, ABC):
         optimizer: optimizer class with its settings, called with the parameter groups; its
             ``lr`` is the peak LR and its ``weight_decay`` applies to the decaying groups.
         lr_schedule: LR decay after the warmup: ``cosine``, ``poly`` or ``constant``.
-        warmup_steps: linear LR warmup, in optimizer steps.
+        warmup_steps: linear LR warmup: optimizer steps, or a share of the run's optimizer steps
+            when below 1 (``0.05``: the first 5 %). A warning says when the warm-ups take more
+            than a third of a run over the whole training set (runs cut short by ``max_steps``,
+            ``limit_train_batches`` or ``fast_dev_run`` are not checked).
         min_lr_ratio: final LR of the decay as a fraction of the peak LR.
         poly_power: exponent of the ``poly`` schedule.
         layer_decay: layer-wise LR decay over the DAT blocks (stem decays most, head 1); 1 = off.
@@ -70,7 +83,8 @@ class BaseTask(LightningModule, ABC):
             (e.g. 0.1) if the offsets diverge.
         freeze_backbone_epochs: train only the task head for this many epochs (LR 0, no gradients
             in the backbone), then unfreeze.
-        unfreeze_warmup_steps: linear LR ramp of a group after it is unfrozen, in optimizer steps.
+        unfreeze_warmup_steps: linear LR ramp of a group after it is unfrozen: optimizer steps, or a
+            share of the run when below 1 (as ``warmup_steps``).
         freeze_offsets_steps: keep the offset networks frozen for this many optimizer steps.
     """
 
@@ -83,13 +97,13 @@ class BaseTask(LightningModule, ABC):
         class_names: list[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: Literal["cosine", "poly", "constant"] = "cosine",
-        warmup_steps: int = 0,
+        warmup_steps: int | float = 0,
         min_lr_ratio: float = 0.0,
         poly_power: float = 1.0,
         layer_decay: float = 1.0,
         offset_lr_mult: float = 1.0,
         freeze_backbone_epochs: int = 0,
-        unfreeze_warmup_steps: int = 0,
+        unfreeze_warmup_steps: int | float = 0,
         freeze_offsets_steps: int = 0,
     ) -> None:
         super().__init__()
@@ -199,12 +213,23 @@ class BaseTask(LightningModule, ABC):
             steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
             backbone_steps = hp.freeze_backbone_epochs * steps_per_epoch
         self._frozen_steps = (backbone_steps, hp.freeze_offsets_steps)
+        total_steps = int(total_steps)
+        warmup = _steps_of_run(hp.warmup_steps, total_steps)
+        unfreeze_warmup = _steps_of_run(hp.unfreeze_warmup_steps, total_steps) if backbone_steps else 0
+        trainer = self.trainer
+        shortened = trainer.fast_dev_run or trainer.max_steps != -1 or trainer.limit_train_batches != 1.0
+        if not shortened and warmup + unfreeze_warmup > WARMUP_SHARE * total_steps:
+            rank_zero_warn(
+                f"the LR warm-ups (warmup_steps={hp.warmup_steps}, unfreeze_warmup_steps="
+                f"{hp.unfreeze_warmup_steps}) take {warmup + unfreeze_warmup} of this run's "
+                f"{total_steps} optimizer steps, so the LR stays below its peak for most of the run; "
+                "give them as a share of the run (e.g. warmup_steps: 0.05) or lower them")
         optimizer = self.optimizer_factory(groups)
         scheduler = build_lr_scheduler(
-            optimizer, int(total_steps), schedule=hp.lr_schedule, warmup_steps=hp.warmup_steps,
+            optimizer, total_steps, schedule=hp.lr_schedule, warmup_steps=warmup,
             min_lr_ratio=hp.min_lr_ratio, poly_power=hp.poly_power,
             backbone_frozen_steps=backbone_steps, offset_frozen_steps=hp.freeze_offsets_steps,
-            unfreeze_warmup_steps=hp.unfreeze_warmup_steps)
+            unfreeze_warmup_steps=_steps_of_run(hp.unfreeze_warmup_steps, total_steps))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 

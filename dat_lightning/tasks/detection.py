@@ -55,7 +55,7 @@ class ObjectDetectionTask(BaseTask):
             ``rpn_pre_nms_top_n_train``, ``box_batch_size_per_image``, ``box_detections_per_img``
             (R-CNNs), ``topk_candidates``, ``detections_per_img`` (RetinaNet), ``score_thresh``...
         lr_schedule: LR decay after the warmup (see :class:`BaseTask`).
-        warmup_steps: linear LR warmup, in optimizer steps.
+        warmup_steps: linear LR warmup, in optimizer steps (below 1: a share of the run).
         **kwargs: backbone, optimisation and fine-tuning settings of :class:`BaseTask`
             (``num_classes`` without the background, ``backbone``, ``weights``, ``backbone_kwargs``,
             ``optimizer``, ...).
@@ -69,7 +69,7 @@ class ObjectDetectionTask(BaseTask):
         max_size: int = 1333,
         detector_kwargs: dict[str, Any] | None = None,
         lr_schedule: Literal["cosine", "poly", "constant"] = "cosine",
-        warmup_steps: int = 500,
+        warmup_steps: int | float = 500,
         **kwargs: Any,
     ) -> None:
         super().__init__(lr_schedule=lr_schedule, warmup_steps=warmup_steps, **kwargs)

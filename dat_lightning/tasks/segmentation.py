@@ -53,7 +53,7 @@ class SemanticSegmentationTask(BaseTask):
         slide_stride: step between windows; None: two thirds of ``slide_window``.
         predict_probs: :meth:`predict_step` also returns the class probabilities.
         lr_schedule: LR decay after the warmup (see :class:`BaseTask`).
-        warmup_steps: linear LR warmup, in optimizer steps.
+        warmup_steps: linear LR warmup, in optimizer steps (below 1: a share of the run).
         **kwargs: backbone, optimisation and fine-tuning settings of :class:`BaseTask`
             (``num_classes``, ``backbone``, ``weights``, ``backbone_kwargs``, ``optimizer``, ...).
     """
@@ -70,7 +70,7 @@ class SemanticSegmentationTask(BaseTask):
         slide_stride: int | None = None,
         predict_probs: bool = False,
         lr_schedule: Literal["cosine", "poly", "constant"] = "poly",
-        warmup_steps: int = 1500,
+        warmup_steps: int | float = 1500,
         **kwargs: Any,
     ) -> None:
         super().__init__(lr_schedule=lr_schedule, warmup_steps=warmup_steps, **kwargs)
