@@ -212,7 +212,7 @@ class DATLightningCLI(LightningCLI):
         except Exception as exc:
             raise self._config_error(exc) from exc
 
-    def _config_error(self, exc: Exception) -> ConfigError:
+    def _config_error(self, exc: Exception, failed: str = "could not be built") -> ConfigError:
         root = _root_cause(exc)
         config = self._subconfig
         sections: dict[str, type] = {"model": LightningModule, "data": LightningDataModule,
@@ -223,7 +223,7 @@ class DATLightningCLI(LightningCLI):
         where = f"`{key}`" + (f" ({class_path})" if class_path else "") if key else "the config"
         files = [str(getattr(p, "relative", p)) for p in (config.get("config") or [])]
         origin = f" of {', '.join(files)}" if files else ""
-        lines = [f"error: {where}{origin} could not be built:", f"  {type(root).__name__}: {root}"]
+        lines = [f"error: {where}{origin} {failed}:", f"  {type(root).__name__}: {root}"]
         if _is_weights_error(root):
             lines.append("  To train from scratch instead, set `weights: null` (on the command line: "
                          "--model.init_args.weights null); see the README's \"Training from scratch\".")
@@ -231,6 +231,19 @@ class DATLightningCLI(LightningCLI):
         lines.append(f"  Fix the value in the recipe or override it on the command line ({override} "
                      f"VALUE). For the full traceback set {DEBUG_ENV}=1.")
         return ConfigError("\n".join(lines))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run the subcommand; an error raised by the datamodule's ``prepare_data`` or ``setup``
+        (a missing dataset folder, an unreadable file) is a :class:`ConfigError` of ``data``."""
+        try:
+            super()._run_subcommand(subcommand)
+        except Exception as exc:
+            root = _root_cause(exc)
+            if not any(isinstance(frame.f_locals.get("self"), LightningDataModule)
+                       and frame.f_code.co_name in ("prepare_data", "setup")
+                       for frame, _ in traceback.walk_tb(root.__traceback__)):
+                raise
+            raise self._config_error(exc, failed="could not be set up") from exc
 
     # --- end-of-run summary ------------------------------------------------------------------
     def _print_summary(self) -> None:

@@ -213,7 +213,7 @@ def test_runs_get_their_own_folders_and_best_last_resolve_in_later_runs(tmp_path
     assert last.parent == runs / "version_1" / "checkpoints"
 
 
-def test_config_errors_are_one_short_block(tmp_path):
+def test_config_errors_are_one_short_block(tmp_path, monkeypatch):
     """An error raised while the config is turned into objects is the project's message with the
     config section, the recipe and what to do; the console script prints it alone (no traceback
     unless DAT_LIGHTNING_DEBUG=1)."""
@@ -224,6 +224,13 @@ def test_config_errors_are_one_short_block(tmp_path):
     assert message.startswith("error: `model` (dat_lightning.tasks.ClassificationTask) of ")
     assert "digits_dat.yaml" in message and "unknown backbone 'dat_tinny'" in message
     assert "--model.init_args.<name>" in message and "weights: null" not in message
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:  # raised in the datamodule's setup, during fit
+        cli(["fit", "--config", str(REPO / "recipes" / "imagefolder_dat_scratch.yaml"),
+             "--data.init_args.root", str(tmp_path / "nowhere"), "--trainer.accelerator", "cpu"])
+    message = str(info.value)
+    assert message.startswith("error: `data` (datamodules.ImageFolderDataModule) of ")
+    assert "could not be set up" in message and str(tmp_path / "nowhere") in message
 
     missing = ["fit", *args, "--model.init_args.weights", str(tmp_path / "missing.pth")]
     command = [sys.executable, "-m", "dat_lightning", *missing]

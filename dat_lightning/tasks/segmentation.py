@@ -31,7 +31,7 @@ class SemanticSegmentationTask(BaseTask):
     :meth:`predict_step`).
 
     Loss: pixel-wise cross entropy (ignoring ``ignore_index``) of the logits upsampled bilinearly to
-    the mask size, plus ``aux_weight`` times that of an auxiliary FCN head on the stage-3 (stride 16)
+    the mask size, plus ``aux_weight`` times that of an auxiliary FCN head on stage 2 (0-based, stride 16)
     features during training. Evaluation and prediction run on the whole image, or with sliding
     windows when ``slide_window`` is set; logits are always at the full input resolution.
 
