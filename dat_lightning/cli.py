@@ -212,13 +212,16 @@ class DATLightningCLI(LightningCLI):
         except Exception as exc:
             raise self._config_error(exc) from exc
 
-    def _config_error(self, exc: Exception, failed: str = "could not be built") -> ConfigError:
+    def _config_error(self, exc: Exception, key: str | None = None,
+                      failed: str = "could not be built") -> ConfigError:
+        """The :class:`ConfigError` for ``exc``, raised by config section ``key`` (None: found
+        from the traceback)."""
         root = _root_cause(exc)
         config = self._subconfig
         sections: dict[str, type] = {"model": LightningModule, "data": LightningDataModule,
                                      "trainer.logger": Logger, **DEFAULT_CALLBACKS,
                                      "trainer.callbacks": Callback, "trainer": Trainer}
-        key = _error_source(root, sections)
+        key = key or _error_source(root, sections)
         class_path = getattr(config.get(key), "class_path", None) if key else None
         where = f"`{key}`" + (f" ({class_path})" if class_path else "") if key else "the config"
         files = [str(getattr(p, "relative", p)) for p in (config.get("config") or [])]
@@ -243,7 +246,7 @@ class DATLightningCLI(LightningCLI):
                        and frame.f_code.co_name in ("prepare_data", "setup")
                        for frame, _ in traceback.walk_tb(root.__traceback__)):
                 raise
-            raise self._config_error(exc, failed="could not be set up") from exc
+            raise self._config_error(exc, "data", failed="could not be set up") from exc
 
     # --- end-of-run summary ------------------------------------------------------------------
     def _print_summary(self) -> None:

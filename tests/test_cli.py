@@ -226,22 +226,24 @@ def test_config_errors_are_one_short_block(tmp_path, monkeypatch):
     assert "--model.init_args.<name>" in message and "weights: null" not in message
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as info:  # raised in the datamodule's setup, during fit
-        cli(["fit", "--config", str(REPO / "recipes" / "imagefolder_dat_scratch.yaml"),
-             "--data.init_args.root", str(tmp_path / "nowhere"), "--trainer.accelerator", "cpu"])
+        cli(["fit", "--config", str(REPO / "recipes" / "cifar_dat.yaml"), "--model.init_args.weights",
+             "null", "--data.init_args.root", str(tmp_path / "nowhere"), "--data.init_args.download",
+             "false", "--trainer.accelerator", "cpu"])
     message = str(info.value)
-    assert message.startswith("error: `data` (datamodules.ImageFolderDataModule) of ")
-    assert "could not be set up" in message and str(tmp_path / "nowhere") in message
+    assert message.startswith("error: `data` (datamodules.CIFAR10DataModule) of ")
+    assert "cifar_dat.yaml could not be set up:" in message and "--data.init_args.<name>" in message
 
     missing = ["fit", *args, "--model.init_args.weights", str(tmp_path / "missing.pth")]
     command = [sys.executable, "-m", "dat_lightning", *missing]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "Union subtypes" not in result.stderr
     block = result.stderr[result.stderr.index("error:"):].strip().splitlines()
     assert len(block) == 4, block
     assert "missing.pth" in block[1] and "`weights: null`" in block[2]
     debug = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                           env={**os.environ, "DAT_LIGHTNING_DEBUG": "1"})
+                           env={**env, "DAT_LIGHTNING_DEBUG": "1"})
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "missing.pth" in debug.stderr
 
 
