@@ -188,6 +188,7 @@ def test_runs_get_their_own_folders_and_best_last_resolve_in_later_runs(tmp_path
         assert (checkpoints / "last.ckpt").is_file()
         assert (Path(run.trainer.log_dir) / "config.yaml").is_file()
         assert list(Path(run.trainer.log_dir).glob("events.out.tfevents.*"))
+    assert "lr_head_decay" in second.trainer.callback_metrics  # the tasks' own LR names
     best = second.trainer.checkpoint_callback
     summary = capsys.readouterr().out
     assert f"tensorboard --logdir {runs}" in summary
