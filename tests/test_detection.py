@@ -116,10 +116,10 @@ def test_faster_rcnn_overfits_rectangles() -> None:
 
 
 def test_retinanet_loss_falls() -> None:
-    """After 30 steps the loss is below 0.85 of the initial one: seeds 0-5 of :func:`overfit` gave
-    loss ratios 0.25-0.68 (after 12 steps they spread over 0.42-0.94, too close to any bound)."""
+    """After 30 steps the loss is below 0.9 of the initial one: seeds 0-5 of :func:`overfit` gave
+    loss ratios 0.25-0.77 (after 12 steps they spread over 0.42-0.94, too close to any bound)."""
     before, after, logged = overfit("retinanet", steps=30, lr=1e-3)
-    assert after < 0.85 * before, (before, after)
+    assert after < 0.9 * before, (before, after)
     assert_logged(logged, ["train_loss", "train_classification", "train_bbox_regression", "val_map",
                            "val_map_50", "val_map_75"])
 
