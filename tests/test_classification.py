@@ -3,29 +3,22 @@ mixed precision, EMA and argument errors."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
+import task_helpers
 import torch
 import torch.nn.functional as F
 from conftest import tiny_dat_kwargs
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback, Trainer
+from task_helpers import make_trainer
 from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
 from toy_data import NUM_CLASSES, toy_loader
 
 from dat_lightning.tasks import ClassificationTask
 
-
-def make_task(generation: str = "v1", lr: float = 2e-3, **kwargs) -> ClassificationTask:
-    seed_everything(0)
-    return ClassificationTask(num_classes=NUM_CLASSES, backbone="dat_tiny",
-                              backbone_kwargs=dict(tiny_dat_kwargs(generation, NUM_CLASSES),
-                                                   drop_path_rate=0.0),
-                              optimizer=lambda params: torch.optim.AdamW(params, lr=lr), **kwargs)
-
-
-def make_trainer(**kwargs) -> Trainer:
-    return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, enable_checkpointing=False, **kwargs)
+make_task = partial(task_helpers.make_task, ClassificationTask, NUM_CLASSES, seed=0)
 
 
 class LossRecorder(Callback):
@@ -36,13 +29,26 @@ class LossRecorder(Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def test_learns_toy_problem_logs_metrics_and_predicts():
-    task, recorder = make_task(warmup_steps=2), LossRecorder()
+def fit_toy(seed: int) -> tuple[ClassificationTask, Trainer, list[float]]:
+    """Three epochs on 32 toy images; the task, its trainer and the training losses."""
+    task, recorder = make_task(warmup_steps=2, seed=seed), LossRecorder()
     trainer = make_trainer(max_epochs=3, callbacks=[recorder])
-    trainer.fit(task, toy_loader(32, batch_size=8, shuffle=True), toy_loader(8, 8, seed=1))
+    trainer.fit(task, toy_loader(32, batch_size=8, shuffle=True, seed=seed),
+                toy_loader(8, 8, seed=seed + 1))
+    return task, trainer, recorder.losses
+
+
+#: Bound on (mean of the last 3 training losses) / (mean of the first 3). Seeds 0-5 of
+#: :func:`fit_toy` gave 0.024-0.079 (one and two BLAS threads), so 0.5 holds with a wide margin.
+LOSS_RATIO = 0.5
+
+
+def test_learns_toy_problem_logs_metrics_and_predicts():
+    """Learns (loss ratio below :data:`LOSS_RATIO`), logs the metrics and LRs, tests and predicts."""
+    task, trainer, losses = fit_toy(seed=0)
     k = 3
-    first, last = sum(recorder.losses[:k]) / k, sum(recorder.losses[-k:]) / k
-    assert len(recorder.losses) == 12 and last < 0.5 * first, recorder.losses
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    assert len(losses) == 12 and last < LOSS_RATIO * first, losses
 
     expected = {f"{split}_{name}" for split in ("train", "val") for name in ("acc1", "acc5", "f1")}
     expected |= {"train_loss", "val_loss"} | {f"lr_{g['name']}" for g in trainer.optimizers[0].param_groups}
@@ -97,7 +103,7 @@ def test_mixup_cutmix_use_soft_targets_and_metrics_use_hard_labels():
 
 
 def test_multi_label_bf16_mixed_dat_pp():
-    task = make_task("pp", multi_label=True, class_weights=[1.0] * NUM_CLASSES)
+    task = make_task(generation="pp", multi_label=True, class_weights=[1.0] * NUM_CLASSES)
     assert isinstance(task.criterion, torch.nn.BCEWithLogitsLoss)
     trainer = make_trainer(max_steps=2, precision="bf16-mixed", limit_val_batches=1)
     trainer.fit(task, toy_loader(8, multi_label=True), toy_loader(4, multi_label=True, seed=1))

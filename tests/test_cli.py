@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,9 @@ from datamodules_fakes import (
 )
 from PIL import Image
 
-from dat_lightning.cli import cli
+from dat_lightning.cli import ConfigError, cli
+from dat_lightning.tasks import BaseTask
+from datamodules import BaseDataModule
 from datamodules.class_names import CIFAR10_CLASSES, CIFAR100_CLASSES, OXFORD_PETS_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +80,7 @@ SETUPS: dict[str, Callable] = {
     "cifar100_dat": lambda r, m: _cifar(r, m, True),
     "digits_dat": lambda r, m: [],
     "imagefolder_dat": _imagefolder,
+    "imagefolder_dat_scratch": _imagefolder,
     "pets_dat": _root(lambda r: write_pets(r, [1, 2, 3], OXFORD_PETS_CLASSES)),
     "flowers_dat": _flowers,
     "food_dat": _root(lambda r: write_food(r, ["apple_pie", "pizza"])),
@@ -107,22 +111,14 @@ def test_every_recipe_has_a_test_setup():
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_recipe_parses(recipe, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli(["fit", "--config", str(recipe), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    printed = capsys.readouterr().out
-    assert "class_path: dat_lightning.tasks." in printed
-    assert "class_path: datamodules." in printed
-
-
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_fast_dev_run(recipe, tmp_path, monkeypatch):
+    """Every recipe parses into one of the toolkit's tasks and datamodules and trains a step."""
     monkeypatch.chdir(tmp_path)
     extra = SETUPS[recipe.stem](tmp_path / "data", monkeypatch)
     size = "64" if "coco" in recipe.stem or "ade20k" in recipe.stem else "32"
     run = cli(["fit", "--config", str(recipe), *FAST, "--model.init_args.weights", "null",
                "--data.init_args.image_size", size, *extra])
+    assert isinstance(run.model, BaseTask) and isinstance(run.datamodule, BaseDataModule)
     assert run.trainer.global_step == 1
     losses = {k: v for k, v in run.trainer.callback_metrics.items() if "loss" in k}
     assert losses and all(torch.isfinite(v) for v in losses.values())
@@ -132,8 +128,7 @@ def _digits_args(root: Path, *more: str) -> list[str]:
     return ["--config", str(REPO / "recipes" / "digits_dat.yaml"), "--trainer.accelerator", "cpu",
             "--trainer.devices", "1", "--data.init_args.num_workers", "0",
             "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir",
-            str(root), "--checkpoint.dirpath", str(root / "checkpoints"),
-            "--trainer.enable_progress_bar", "false", *more]
+            str(root), "--trainer.enable_progress_bar", "false", *more]
 
 
 def test_resume_mid_epoch_matches_uninterrupted(tmp_path):
@@ -172,6 +167,85 @@ def test_config_saved_every_run_and_predictions_written(tmp_path):
         assert sum(probs) == pytest.approx(1.0, abs=1e-4)
         assert int(row["label"]) == max(range(10), key=probs.__getitem__)
         assert row["class_name"] == row["label"]
+
+
+def test_runs_get_their_own_folders_and_best_last_resolve_in_later_runs(tmp_path, capsys):
+    """Each fit writes logs, config and checkpoints into its own version folder; later CLI runs
+    (fresh objects, as a new process has) resolve ``--ckpt_path last`` to the newest run's
+    last.ckpt and ``best`` to the best checkpoint recorded in it, for validate, test and predict;
+    a fit resumed from ``last`` continues in that run's folder; every run ends with a summary."""
+    args = _digits_args(tmp_path, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                        "--trainer.limit_val_batches", "1")
+    runs = tmp_path / "digits_dat"
+    with pytest.raises(ConfigError, match=r"no last\.ckpt under .*run `fit` with this recipe first"):
+        cli(["test", *args, "--ckpt_path", "best"])
+    first, second = cli(["fit", *args]), cli(["fit", *args])
+    assert Path(first.trainer.log_dir) == runs / "version_0"
+    assert Path(second.trainer.log_dir) == runs / "version_1"
+    for run in (first, second):
+        checkpoints = Path(run.trainer.log_dir) / "checkpoints"
+        assert Path(run.trainer.checkpoint_callback.best_model_path).parent == checkpoints
+        assert (checkpoints / "last.ckpt").is_file()
+        assert (Path(run.trainer.log_dir) / "config.yaml").is_file()
+        assert list(Path(run.trainer.log_dir).glob("events.out.tfevents.*"))
+    assert "lr_head_decay" in second.trainer.callback_metrics  # the tasks' own LR names
+    best = second.trainer.checkpoint_callback
+    summary = capsys.readouterr().out
+    assert f"tensorboard --logdir {runs}" in summary
+    assert f"best:         {best.best_model_path} (val_acc1 {float(best.best_model_score):.4f})" in summary
+    assert f"last:         {runs / 'version_1' / 'checkpoints' / 'last.ckpt'}" in summary
+
+    for subcommand, split in (("validate", "val"), ("test", "test")):
+        for which, expected in (("best", best.best_model_path),
+                                ("last", runs / "version_1" / "checkpoints" / "last.ckpt")):
+            run = cli([subcommand, *args, "--ckpt_path", which])
+            assert Path(run.config[subcommand].ckpt_path) == Path(expected)
+            assert f"weights from: {expected}" in capsys.readouterr().out
+            assert f"{split}_acc1" in run.trainer.callback_metrics
+    out = tmp_path / "predictions"
+    run = cli(["predict", *args, "--ckpt_path", "best", "--prediction_writer.output_dir", str(out)])
+    assert Path(run.config.predict.ckpt_path) == Path(best.best_model_path)
+    assert f"predictions:  {out / 'predictions.csv'}" in capsys.readouterr().out
+
+    resumed = cli(["fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    assert Path(resumed.trainer.log_dir) == runs / "version_1"
+    assert resumed.trainer.global_step == 4
+    last = Path(resumed.trainer.checkpoint_callback.last_model_path)
+    assert last.parent == runs / "version_1" / "checkpoints"
+
+
+def test_config_errors_are_one_short_block(tmp_path, monkeypatch):
+    """An error raised while the config is turned into objects is the project's message with the
+    config section, the recipe and what to do; the console script prints it alone (no traceback
+    unless DAT_LIGHTNING_DEBUG=1)."""
+    args = _digits_args(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        cli(["fit", *args, "--model.init_args.backbone", "dat_tinny"])
+    message = str(info.value)
+    assert message.startswith("error: `model` (dat_lightning.tasks.ClassificationTask) of ")
+    assert "digits_dat.yaml" in message and "unknown backbone 'dat_tinny'" in message
+    assert "--model.init_args.<name>" in message and "weights: null" not in message
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:  # raised in the datamodule's setup, during fit
+        cli(["fit", "--config", str(REPO / "recipes" / "cifar_dat.yaml"), "--model.init_args.weights",
+             "null", "--data.init_args.root", str(tmp_path / "nowhere"), "--data.init_args.download",
+             "false", "--trainer.accelerator", "cpu"])
+    message = str(info.value)
+    assert message.startswith("error: `data` (datamodules.CIFAR10DataModule) of ")
+    assert "cifar_dat.yaml could not be set up:" in message and "--data.init_args.<name>" in message
+
+    missing = ["fit", *args, "--model.init_args.weights", str(tmp_path / "missing.pth")]
+    command = [sys.executable, "-m", "dat_lightning", *missing]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "Union subtypes" not in result.stderr
+    block = result.stderr[result.stderr.index("error:"):].strip().splitlines()
+    assert len(block) == 4, block
+    assert "missing.pth" in block[1] and "`weights: null`" in block[2]
+    debug = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                           env={**env, "DAT_LIGHTNING_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr and "missing.pth" in debug.stderr
 
 
 def test_console_scripts():

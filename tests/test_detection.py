@@ -3,13 +3,13 @@ mAP logging and prediction on images of different sizes."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
+import task_helpers
 import timm
 import torch
 from conftest import tiny_dat_kwargs
-from lightning.pytorch import Trainer, seed_everything
+from lightning.pytorch import seed_everything
+from task_helpers import make_trainer
 from torch.utils.data import DataLoader
 
 from dat_lightning.models.detection import DETECTOR_OUT_INDICES, DATFPNBackbone, build_detector
@@ -48,17 +48,10 @@ def collate(samples: list[dict]) -> dict[str, list]:
 
 
 def make_task(detector: str, **overrides) -> ObjectDetectionTask:
-    settings = dict(detector=detector, num_classes=1, backbone="dat_tiny",
-                    backbone_kwargs=tiny_dat_kwargs("v1"), fpn_channels=32, min_size=64, max_size=64,
+    settings = dict(detector=detector, fpn_channels=32, min_size=64, max_size=64,
                     detector_kwargs=SMALL_DETECTOR[detector], warmup_steps=0, lr_schedule="constant",
-                    optimizer=partial(torch.optim.AdamW, lr=1e-3))
-    return ObjectDetectionTask(**{**settings, **overrides})
-
-
-def make_trainer(**overrides) -> Trainer:
-    settings = dict(accelerator="cpu", logger=False, enable_progress_bar=False,
-                    enable_model_summary=False, enable_checkpointing=False)
-    return Trainer(**{**settings, **overrides})
+                    lr=1e-3)
+    return task_helpers.make_task(ObjectDetectionTask, 1, **{**settings, **overrides})
 
 
 def train_loss(task: ObjectDetectionTask, samples: list[dict]) -> float:
@@ -92,11 +85,11 @@ def test_build_detector_checks_feature_maps() -> None:
         build_detector("yolo", body, num_classes=3)
 
 
-def overfit(detector: str, steps: int, lr: float) -> tuple[float, float, dict]:
+def overfit(detector: str, steps: int, lr: float, seed: int = 0) -> tuple[float, float, dict]:
     """Train on the four toy images (one batch per step); loss before, loss after, logged metrics."""
-    seed_everything(0)
-    samples = rectangle_samples([(64, 64), (64, 64), (64, 48), (48, 64)])
-    task = make_task(detector, optimizer=partial(torch.optim.AdamW, lr=lr))
+    seed_everything(seed)
+    samples = rectangle_samples([(64, 64), (64, 64), (64, 48), (48, 64)], seed=seed)
+    task = make_task(detector, lr=lr)
     before = train_loss(task, samples)
     trainer = make_trainer(max_epochs=steps, check_val_every_n_epoch=steps, log_every_n_steps=1,
                            num_sanity_val_steps=0)
@@ -111,7 +104,9 @@ def assert_logged(logged: dict, names: list[str]) -> None:
 
 
 def test_faster_rcnn_overfits_rectangles() -> None:
-    before, after, logged = overfit("faster_rcnn", steps=12, lr=2e-3)
+    """After 30 steps the loss is below 0.75 of the initial one and the box mAP@0.5 above 0.5:
+    seeds 0-5 of :func:`overfit` gave loss ratios 0.36-0.57 and mAP@0.5 0.75-1.0."""
+    before, after, logged = overfit("faster_rcnn", steps=30, lr=2e-3)
     assert after < 0.75 * before, (before, after)
     assert_logged(logged, ["train_loss", "train_loss_classifier", "train_loss_box_reg",
                            "train_loss_objectness", "train_loss_rpn_box_reg", "val_map", "val_map_50",
@@ -121,8 +116,10 @@ def test_faster_rcnn_overfits_rectangles() -> None:
 
 
 def test_retinanet_loss_falls() -> None:
-    before, after, logged = overfit("retinanet", steps=12, lr=1e-3)
-    assert after < 0.85 * before, (before, after)
+    """After 30 steps the loss is below 0.9 of the initial one: seeds 0-5 of :func:`overfit` gave
+    loss ratios 0.25-0.77 (after 12 steps they spread over 0.42-0.94, too close to any bound)."""
+    before, after, logged = overfit("retinanet", steps=30, lr=1e-3)
+    assert after < 0.9 * before, (before, after)
     assert_logged(logged, ["train_loss", "train_classification", "train_bbox_regression", "val_map",
                            "val_map_50", "val_map_75"])
 

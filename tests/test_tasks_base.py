@@ -4,12 +4,15 @@ freezing, per-step scheduling under gradient accumulation, and argument errors."
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import pytest
+import task_helpers
 import torch
 from conftest import tiny_dat_kwargs
-from lightning.pytorch import Callback, Trainer, seed_everything
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
+from task_helpers import make_trainer
 from toy_data import NUM_CLASSES, toy_loader
 
 from dat_lightning.tasks import ClassificationTask
@@ -18,18 +21,7 @@ from dat_lightning.tasks.optim import schedule_factor
 LR = 1e-3
 
 
-def make_task(generation: str = "v1", seed: int = 0, **kwargs) -> ClassificationTask:
-    seed_everything(seed)
-    kwargs.setdefault("optimizer", lambda params: torch.optim.AdamW(params, lr=LR))
-    return ClassificationTask(num_classes=NUM_CLASSES, backbone="dat_tiny",
-                              backbone_kwargs=dict(tiny_dat_kwargs(generation, NUM_CLASSES),
-                                                   drop_path_rate=0.0), **kwargs)
-
-
-def make_trainer(**kwargs) -> Trainer:
-    kwargs.setdefault("enable_checkpointing", False)
-    return Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
-                   enable_model_summary=False, **kwargs)
+make_task = partial(task_helpers.make_task, ClassificationTask, NUM_CLASSES, lr=LR, seed=0)
 
 
 class Recorder(Callback):
@@ -69,6 +61,7 @@ def assert_same(a, b, path: str = "") -> None:
         assert a == b, path
 
 
+@pytest.mark.filterwarnings("ignore:the LR warm-ups")  # deliberately long: 3 of the 4 steps
 def test_resume_before_unfreeze_continues_like_an_uninterrupted_run(tmp_path):
     """Freeze the backbone for the first epoch; stop when that epoch ends (max_epochs=1), resume
     to 2 epochs and compare with a run that never stopped: same groups, restored optimizer state,
@@ -142,6 +135,7 @@ def test_freeze_offsets_for_the_first_steps():
         assert lrs["backbone_decay"] == pytest.approx(LR)
 
 
+@pytest.mark.filterwarnings("ignore:the LR warm-ups")  # the whole 2-step run warms up
 def test_scheduler_steps_once_per_optimizer_step_under_accumulation():
     warmup = 2
     task, recorder = make_task(warmup_steps=warmup, lr_schedule="cosine"), Recorder()
@@ -178,3 +172,17 @@ def test_base_argument_errors(kwargs, message):
     kwargs = {"num_classes": NUM_CLASSES, "backbone": "dat_tiny", **kwargs}
     with pytest.raises(ValueError, match=message):
         ClassificationTask(**kwargs)
+
+
+def test_warmup_as_a_share_of_the_run_and_warning_for_long_warmups():
+    """``warmup_steps`` below 1 is a share of the run's optimizer steps; warm-ups longer than a
+    third of a run over the whole training set are warned about."""
+    task, recorder = make_task(warmup_steps=0.25, lr_schedule="constant"), Recorder()
+    make_trainer(max_epochs=2, callbacks=[recorder]).fit(task, toy_loader(16))  # 8 steps
+    got = [lrs[0]["head_decay"] for _, lrs in sorted(recorder.lrs.items())]
+    assert got == pytest.approx([LR * schedule_factor(s, 8, "constant", 2) for s in range(8)])
+    assert got[0] < got[1] == got[-1] == LR
+    with pytest.warns(UserWarning, match=r"warm-ups \(warmup_steps=10, .* take 10 of this run's 4 "
+                                         r"optimizer steps"):
+        make_trainer(max_epochs=1).fit(make_task(warmup_steps=10), toy_loader(16))
+    make_trainer(max_steps=4).fit(make_task(warmup_steps=10), toy_loader(16))  # cut short: no warning

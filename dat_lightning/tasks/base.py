@@ -5,36 +5,62 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import timm
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torchmetrics import MetricCollection
 
 from .optim import SCHEDULES, build_lr_scheduler, param_groups
 
-__all__ = ["BaseTask"]
+__all__ = ["WARMUP_SHARE", "BaseTask", "EvaluationOutputs"]
+
+#: Share of a run's optimizer steps above which the LR warm-ups trigger a warning.
+WARMUP_SHARE = 1 / 3
+
+
+def _steps_of_run(value: int | float, total_steps: int) -> int:
+    """Optimizer steps of a warm-up setting: ``value`` steps, or that share of ``total_steps`` when
+    ``value`` is below 1."""
+    return round(value * total_steps) if value < 1 else int(value)
+
+
+class EvaluationOutputs(NamedTuple):
+    """What a task computes on one validation or test batch (see :meth:`BaseTask.evaluation_outputs`)."""
+
+    #: predictions, as the task's metrics take them.
+    preds: Any
+    #: targets, as the task's metrics take them.
+    target: Any
+    #: the batch's loss, logged as ``val_loss`` / ``test_loss``; None when the task has none.
+    loss: torch.Tensor | None
+    #: number of samples in the batch.
+    batch_size: int
 
 
 class BaseTask(LightningModule, ABC):
     """Base class of the tasks: a DAT backbone plus a task head, trained with per-group LRs.
 
-    Subclasses implement :meth:`configure_models` (and usually :meth:`configure_losses`,
-    :meth:`configure_metrics` and the ``*_step`` methods); they take their own arguments and pass
-    the shared ones on with ``**kwargs``. Every argument is stored in ``self.hparams`` (except
-    ``optimizer``) before the ``configure_*`` methods run.
+    Subclasses implement :meth:`configure_models`, which builds ``self.model`` (called by
+    :meth:`forward`), usually :meth:`configure_losses` and :meth:`configure_metrics`, and
+    :meth:`training_step`, :meth:`evaluation_outputs` (shared by :meth:`validation_step` and
+    :meth:`test_step`) and :meth:`predict_step`; they take their own arguments and pass the shared
+    ones on with ``**kwargs``. Every argument is stored in ``self.hparams`` (except ``optimizer``)
+    before the ``configure_*`` methods run.
 
     The optimizer receives the groups of :func:`~dat_lightning.tasks.optim.param_groups`, so they
     survive any optimizer choice; its LR is the peak LR, which each group scales by its
     ``lr_scale``. The LR follows :func:`~dat_lightning.tasks.optim.build_lr_scheduler`, stepped once
     per optimizer step (correct under gradient accumulation). All groups exist from the start,
     frozen ones with LR 0 and ``requires_grad=False``, so a checkpoint saved before or after an
-    unfreeze resumes with matching optimizer state. Each group's LR is logged as
-    ``lr_<group name>`` (left to a :class:`~lightning.pytorch.callbacks.LearningRateMonitor`
-    when the trainer has one, as the CLI does). Subclasses that override :meth:`configure_optimizers`,
-    :meth:`on_train_batch_start` or :meth:`on_train_end` must call ``super()``.
+    unfreeze resumes with matching optimizer state. Each group's LR is logged at every step as
+    ``lr_<group name>`` (e.g. ``lr_backbone_decay``), also when the trainer has a
+    :class:`~lightning.pytorch.callbacks.LearningRateMonitor` of its own. Subclasses that
+    override :meth:`configure_optimizers`, :meth:`on_train_batch_start` or :meth:`on_train_end`
+    must call ``super()``.
 
     Args:
         num_classes: number of classes (linked from the datamodule by the CLI).
@@ -46,7 +72,10 @@ class BaseTask(LightningModule, ABC):
         optimizer: optimizer class with its settings, called with the parameter groups; its
             ``lr`` is the peak LR and its ``weight_decay`` applies to the decaying groups.
         lr_schedule: LR decay after the warmup: ``cosine``, ``poly`` or ``constant``.
-        warmup_steps: linear LR warmup, in optimizer steps.
+        warmup_steps: linear LR warmup: optimizer steps, or a share of the run's optimizer steps
+            when below 1 (``0.05``: the first 5 %). A warning says when the warm-ups take more
+            than a third of a run over the whole training set (runs cut short by ``max_steps``,
+            ``limit_train_batches`` or ``fast_dev_run`` are not checked).
         min_lr_ratio: final LR of the decay as a fraction of the peak LR.
         poly_power: exponent of the ``poly`` schedule.
         layer_decay: layer-wise LR decay over the DAT blocks (stem decays most, head 1); 1 = off.
@@ -54,7 +83,8 @@ class BaseTask(LightningModule, ABC):
             (e.g. 0.1) if the offsets diverge.
         freeze_backbone_epochs: train only the task head for this many epochs (LR 0, no gradients
             in the backbone), then unfreeze.
-        unfreeze_warmup_steps: linear LR ramp of a group after it is unfrozen, in optimizer steps.
+        unfreeze_warmup_steps: linear LR ramp of a group after it is unfrozen: optimizer steps, or a
+            share of the run when below 1 (as ``warmup_steps``).
         freeze_offsets_steps: keep the offset networks frozen for this many optimizer steps.
     """
 
@@ -67,13 +97,13 @@ class BaseTask(LightningModule, ABC):
         class_names: list[str] | None = None,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_schedule: Literal["cosine", "poly", "constant"] = "cosine",
-        warmup_steps: int = 0,
+        warmup_steps: int | float = 0,
         min_lr_ratio: float = 0.0,
         poly_power: float = 1.0,
         layer_decay: float = 1.0,
         offset_lr_mult: float = 1.0,
         freeze_backbone_epochs: int = 0,
-        unfreeze_warmup_steps: int = 0,
+        unfreeze_warmup_steps: int | float = 0,
         freeze_offsets_steps: int = 0,
     ) -> None:
         super().__init__()
@@ -103,7 +133,7 @@ class BaseTask(LightningModule, ABC):
 
     @abstractmethod
     def configure_models(self) -> None:
-        """Build the backbone and the task head(s) from ``self.hparams``."""
+        """Build ``self.model`` (backbone and task head(s)) from ``self.hparams``."""
 
     def configure_losses(self) -> None:
         """Build the loss function(s) from ``self.hparams``."""
@@ -120,6 +150,37 @@ class BaseTask(LightningModule, ABC):
     def checkpoint_monitor(self) -> tuple[str, str]:
         """The validation metric that picks the best checkpoint, and ``"min"``/``"max"``."""
         return ("val_loss", "min")
+
+    # --- forward and evaluation ------------------------------------------------------------
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``self.model`` on the inputs (see each task for what it returns)."""
+        return self.model(*args, **kwargs)
+
+    @abstractmethod
+    def evaluation_outputs(self, batch: Any) -> EvaluationOutputs:
+        """Predictions, targets, loss and size of one validation or test batch."""
+
+    def _evaluate(self, batch: Any, split: Literal["val", "test"]) -> None:
+        preds, target, loss, batch_size = self.evaluation_outputs(batch)
+        metrics = self.val_metrics if split == "val" else self.test_metrics
+        metrics.update(preds, target)
+        if loss is not None:
+            self.log(f"{split}_loss", loss, prog_bar=split == "val", batch_size=batch_size,
+                     sync_dist=True)
+        self.log_evaluation_metrics(metrics, split, batch_size)
+
+    def log_evaluation_metrics(self, metrics: MetricCollection, split: Literal["val", "test"],
+                               batch_size: int) -> None:
+        """Log the updated metric collection (Lightning computes it when the epoch ends)."""
+        self.log_dict(metrics, prog_bar=split == "val", batch_size=batch_size)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Loss and metrics of :meth:`evaluation_outputs` on one batch."""
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """Loss and metrics of :meth:`evaluation_outputs` on one batch."""
+        self._evaluate(batch, "test")
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -152,12 +213,23 @@ class BaseTask(LightningModule, ABC):
             steps_per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches)
             backbone_steps = hp.freeze_backbone_epochs * steps_per_epoch
         self._frozen_steps = (backbone_steps, hp.freeze_offsets_steps)
+        total_steps = int(total_steps)
+        warmup = _steps_of_run(hp.warmup_steps, total_steps)
+        unfreeze_warmup = _steps_of_run(hp.unfreeze_warmup_steps, total_steps) if backbone_steps else 0
+        trainer = self.trainer
+        shortened = trainer.fast_dev_run or trainer.max_steps != -1 or trainer.limit_train_batches != 1.0
+        if not shortened and warmup + unfreeze_warmup > WARMUP_SHARE * total_steps:
+            rank_zero_warn(
+                f"the LR warm-ups (warmup_steps={hp.warmup_steps}, unfreeze_warmup_steps="
+                f"{hp.unfreeze_warmup_steps}) take {warmup + unfreeze_warmup} of this run's "
+                f"{total_steps} optimizer steps, so the LR stays below its peak for most of the run; "
+                "give them as a share of the run (e.g. warmup_steps: 0.05) or lower them")
         optimizer = self.optimizer_factory(groups)
         scheduler = build_lr_scheduler(
-            optimizer, int(total_steps), schedule=hp.lr_schedule, warmup_steps=hp.warmup_steps,
+            optimizer, total_steps, schedule=hp.lr_schedule, warmup_steps=warmup,
             min_lr_ratio=hp.min_lr_ratio, poly_power=hp.poly_power,
             backbone_frozen_steps=backbone_steps, offset_frozen_steps=hp.freeze_offsets_steps,
-            unfreeze_warmup_steps=hp.unfreeze_warmup_steps)
+            unfreeze_warmup_steps=_steps_of_run(hp.unfreeze_warmup_steps, total_steps))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
@@ -175,10 +247,8 @@ class BaseTask(LightningModule, ABC):
         state = (step < self._frozen_steps[0], step < self._frozen_steps[1])
         if state != self._frozen:
             self._set_frozen(*state)
-        if not any(isinstance(cb, LearningRateMonitor) for cb in self.trainer.callbacks):
-            groups = self.trainer.optimizers[0].param_groups
-            self.log_dict({f"lr_{g['name']}": g["lr"] for g in groups}, on_step=True,
-                          on_epoch=False)
+        groups = self.trainer.optimizers[0].param_groups
+        self.log_dict({f"lr_{g['name']}": g["lr"] for g in groups}, on_step=True, on_epoch=False)
 
     def on_train_end(self) -> None:
         """Leave every parameter trainable after fitting."""

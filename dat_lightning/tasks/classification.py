@@ -19,7 +19,7 @@ from torchmetrics.classification import (
 )
 
 from ..models import create_backbone
-from .base import BaseTask
+from .base import BaseTask, EvaluationOutputs
 
 __all__ = ["ClassificationTask"]
 
@@ -162,17 +162,11 @@ class ClassificationTask(BaseTask):
         """The weights used outside training: the EMA when enabled, else the trained model."""
         return self.model if self.model_ema is None else self.model_ema.module
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, C]`` of the trained model."""
-        return self.model(x)
-
-    def _update_metrics(self, metrics: MetricCollection, logits: torch.Tensor,
-                        label: torch.Tensor) -> None:
-        """Update with probabilities (so multi-label thresholds never see logits) and hard labels."""
-        if self.hparams.multi_label:
-            metrics.update(logits.detach().float().sigmoid(), label.long())
-        else:
-            metrics.update(logits.detach().float().softmax(dim=1), label)
+    def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """float32 probabilities (sigmoid when ``multi_label``, else softmax), the metrics' input,
+        so that multi-label thresholds never see logits."""
+        logits = logits.detach().float()
+        return logits.sigmoid() if self.hparams.multi_label else logits.softmax(dim=1)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Loss on (optionally mixed) images; metrics against the original labels."""
@@ -189,41 +183,28 @@ class ClassificationTask(BaseTask):
         batch_size = image.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=batch_size, sync_dist=True)
-        self._update_metrics(self.train_metrics, logits, label)
+        self.train_metrics.update(self._probabilities(logits), self._metric_target(label))
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
 
-    def _evaluate(self, batch: dict[str, Any], split: str) -> None:
+    def _metric_target(self, label: torch.Tensor) -> torch.Tensor:
+        return label.long() if self.hparams.multi_label else label
+
+    def evaluation_outputs(self, batch: dict[str, Any]) -> EvaluationOutputs:
+        """Probabilities of the evaluation weights, hard labels and the loss."""
         image, label = batch["image"], batch["label"]
         logits = self.eval_model(image)
         target = label.float() if self.hparams.multi_label else label
-        loss = self.eval_criterion(logits, target)
-        metrics = self.val_metrics if split == "val" else self.test_metrics
-        self._update_metrics(metrics, logits, label)
-        self.log(f"{split}_loss", loss, prog_bar=split == "val", batch_size=image.shape[0],
-                 sync_dist=True)
-        self.log_dict(metrics, prog_bar=split == "val", batch_size=image.shape[0])
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Loss and metrics on hard labels with the evaluation weights."""
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Loss and metrics on hard labels with the evaluation weights."""
-        self._evaluate(batch, "test")
+        return EvaluationOutputs(self._probabilities(logits), self._metric_target(label),
+                                 self.eval_criterion(logits, target), image.shape[0])
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int,
                      dataloader_idx: int = 0) -> dict[str, Any]:
         """``probs`` ``[B, C]`` (softmax, or sigmoid when ``multi_label``), ``pred`` (class index
         ``[B]``, or 0/1 ``[B, C]`` at 0.5 when ``multi_label``) and the batch's ``id`` if any;
         float32 also under mixed precision."""
-        logits = self.eval_model(batch["image"]).float()
-        if self.hparams.multi_label:
-            probs = logits.sigmoid()
-            pred = (probs > 0.5).long()
-        else:
-            probs = logits.softmax(dim=1)
-            pred = probs.argmax(dim=1)
+        probs = self._probabilities(self.eval_model(batch["image"]))
+        pred = (probs > 0.5).long() if self.hparams.multi_label else probs.argmax(dim=1)
         output = {"probs": probs, "pred": pred}
         if "id" in batch:
             output["id"] = batch["id"]

@@ -11,7 +11,7 @@ from torchmetrics.detection import MeanAveragePrecision
 
 from ..models import create_backbone
 from ..models.detection import DETECTOR_OUT_INDICES, build_detector
-from .base import BaseTask
+from .base import BaseTask, EvaluationOutputs
 
 __all__ = ["ObjectDetectionTask"]
 
@@ -31,6 +31,9 @@ class ObjectDetectionTask(BaseTask):
     int64 ``[N]`` in ``1..num_classes`` (0 is the background) and, for Mask R-CNN, ``masks`` uint8
     ``[N, H, W]``) and optionally ``"id"`` (passed through by :meth:`predict_step`). The detector
     resizes the images to ``min_size``/``max_size`` itself and returns boxes in input pixels.
+    Calling the task, ``task(images, targets=None)``, runs the detector (``self.model``): the loss
+    dict in training mode (``targets`` required), else one dict of ``boxes``, ``labels``, ``scores``
+    (and ``masks`` ``[N, 1, H, W]`` probabilities) per image.
 
     Training loss: the sum of torchvision's losses, each logged as ``train_<name>`` (e.g.
     ``train_loss_classifier``, ``train_loss_box_reg``, ``train_loss_objectness``, ``train_loss_mask``;
@@ -52,7 +55,7 @@ class ObjectDetectionTask(BaseTask):
             ``rpn_pre_nms_top_n_train``, ``box_batch_size_per_image``, ``box_detections_per_img``
             (R-CNNs), ``topk_candidates``, ``detections_per_img`` (RetinaNet), ``score_thresh``...
         lr_schedule: LR decay after the warmup (see :class:`BaseTask`).
-        warmup_steps: linear LR warmup, in optimizer steps.
+        warmup_steps: linear LR warmup, in optimizer steps (below 1: a share of the run).
         **kwargs: backbone, optimisation and fine-tuning settings of :class:`BaseTask`
             (``num_classes`` without the background, ``backbone``, ``weights``, ``backbone_kwargs``,
             ``optimizer``, ...).
@@ -66,7 +69,7 @@ class ObjectDetectionTask(BaseTask):
         max_size: int = 1333,
         detector_kwargs: dict[str, Any] | None = None,
         lr_schedule: Literal["cosine", "poly", "constant"] = "cosine",
-        warmup_steps: int = 500,
+        warmup_steps: int | float = 500,
         **kwargs: Any,
     ) -> None:
         super().__init__(lr_schedule=lr_schedule, warmup_steps=warmup_steps, **kwargs)
@@ -105,13 +108,7 @@ class ObjectDetectionTask(BaseTask):
         self.val_metrics = collection.clone(prefix="val_")
         self.test_metrics = collection.clone(prefix="test_")
 
-    # --- forward -----------------------------------------------------------------------------
-    def forward(self, images: list[torch.Tensor],
-                targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
-        """The torchvision detector: the loss dict in training mode (``targets`` required), else one
-        dict of ``boxes``, ``labels``, ``scores`` (and ``masks`` ``[N, 1, H, W]`` probabilities) per image."""
-        return self.model(list(images), targets)
-
+    # --- steps -------------------------------------------------------------------------------
     def _targets(self, batch: dict[str, Any]) -> list[dict[str, torch.Tensor]]:
         targets = batch["target"]
         if self.with_masks and any("masks" not in t for t in targets):
@@ -130,14 +127,17 @@ class ObjectDetectionTask(BaseTask):
                  sync_dist=True)
         return loss
 
-    def _evaluate(self, batch: dict[str, Any], split: str) -> None:
+    def evaluation_outputs(self, batch: dict[str, Any]) -> EvaluationOutputs:
+        """Detections and targets of one batch (masks as booleans for Mask R-CNN); no loss."""
         detections = self(batch["image"])
         targets = self._targets(batch)
         if self.with_masks:
             detections = [dict(d, masks=d["masks"][:, 0] > 0.5) for d in detections]
             targets = [dict(t, masks=t["masks"].bool()) for t in targets]
-        metrics = self.val_metrics if split == "val" else self.test_metrics
-        metrics.update(detections, targets)
+        return EvaluationOutputs(detections, targets, None, len(batch["image"]))
+
+    def log_evaluation_metrics(self, metrics: MetricCollection, split: str, batch_size: int) -> None:
+        """Nothing per batch: the mAP is computed and logged when the epoch ends."""
 
     def _log_map(self, split: str) -> None:
         metrics = self.val_metrics if split == "val" else self.test_metrics
@@ -151,17 +151,9 @@ class ObjectDetectionTask(BaseTask):
         self.log_dict(logged)
         metrics.reset()
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Accumulate the detections of one batch for the mAP."""
-        self._evaluate(batch, "val")
-
     def on_validation_epoch_end(self) -> None:
         """Log the validation mAP (see the class docstring for the names)."""
         self._log_map("val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Accumulate the detections of one batch for the mAP."""
-        self._evaluate(batch, "test")
 
     def on_test_epoch_end(self) -> None:
         """Log the test mAP (see the class docstring for the names)."""
