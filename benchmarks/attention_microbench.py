@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from dat_lightning.models.layers import DeformableAttention, NeighborhoodAttention2d, WindowAttention
 from dat_lightning.models.layers.deformable_attention import query_grid, reference_points
-from dat_lightning.models.layers.neighborhood_attention import window_starts
+from dat_lightning.models.layers.neighborhood_attention import neighborhood_first_keys
 
 
 def window_straightforward(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
@@ -89,11 +89,11 @@ def deformable_straightforward(m: DeformableAttention, x: torch.Tensor) -> torch
 def neighborhood_straightforward(m: NeighborhoodAttention2d, x: torch.Tensor) -> torch.Tensor:
     """Neighborhood attention with the ``k*k`` keys of every query materialised (map >= kernel)."""
     B, C, H, W = x.shape
-    k, nh, hd = m.kernel_size, m.num_heads, m.head_dim
+    k, nh, hd = m.kernel_size, m.heads, m.head_dim
     qkv = m.qkv(x.permute(0, 2, 3, 1)).view(B, H, W, 3, nh, hd).permute(3, 0, 4, 1, 2, 5)
     q, key, val = qkv.unbind(0)  # [B, nh, H, W, hd]
-    rows = window_starts(H, k, H, x.device)[:, None] + torch.arange(k)  # [H, k]
-    cols = window_starts(W, k, W, x.device)[:, None] + torch.arange(k)  # [W, k]
+    rows = neighborhood_first_keys(H, k, H, x.device)[:, None] + torch.arange(k)  # [H, k]
+    cols = neighborhood_first_keys(W, k, W, x.device)[:, None] + torch.arange(k)  # [W, k]
     idx_r, idx_c = rows[:, None, :, None], cols[None, :, None, :]  # -> [H, W, k, k]
     keys, vals = key[:, :, idx_r, idx_c], val[:, :, idx_r, idx_c]  # [B, nh, H, W, k, k, hd]
     attn = torch.einsum("bnhwd,bnhwijd->bnhwij", q * m.scale, keys)
@@ -124,9 +124,9 @@ def cases(batch: int) -> list[tuple[str, nn.Module, tuple[int, ...], Callable]]:
         ("deformable, DAT++-T s3 256c 14x14", DeformableAttention(256, 8, 4, (14, 14), 2, 5, -1,
                                                                   generation="pp"),
          (batch, 256, 14, 14), deformable_straightforward),
-        ("neighborhood, DAT++-T s1 64c 56x56", NeighborhoodAttention2d(64, 7, 2),
+        ("neighborhood, DAT++-T s1 64c 56x56", NeighborhoodAttention2d(64, 2, 7),
          (batch, 64, 56, 56), neighborhood_straightforward),
-        ("neighborhood, DAT++-T s3 256c 14x14", NeighborhoodAttention2d(256, 7, 8),
+        ("neighborhood, DAT++-T s3 256c 14x14", NeighborhoodAttention2d(256, 8, 7),
          (batch, 256, 14, 14), neighborhood_straightforward),
     ]
 

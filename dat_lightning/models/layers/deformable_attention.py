@@ -28,8 +28,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 from .attention import biased_attention
 from .norm import LayerNorm2d
@@ -76,6 +78,15 @@ def _axis_coords(size: int, generation: str, centred: bool, dtype, device) -> to
     return ((r + 0.5) if centred else r) / (size - 1) * 2 - 1
 
 
+@register_notrace_function
+def offset_span(hk: int, wk: int, generation: str) -> tuple[float, float]:
+    """Size of half a key-grid cell per unit offset, (y, x), for bounded offsets."""
+    if generation == "v1":
+        return 1.0 / hk, 1.0 / wk
+    return 1.0 / max(hk - 1, 1), 1.0 / max(wk - 1, 1)
+
+
+@register_notrace_function
 def reference_points(hk: int, wk: int, generation: str, dtype, device) -> torch.Tensor:
     """``[Hk, Wk, 2]`` undeformed key positions, (y, x)."""
     ys = _axis_coords(hk, generation, True, dtype, device)
@@ -83,11 +94,18 @@ def reference_points(hk: int, wk: int, generation: str, dtype, device) -> torch.
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
 
 
+@register_notrace_function
 def query_grid(h: int, w: int, generation: str, dtype, device) -> torch.Tensor:
     """``[H, W, 2]`` query positions used for the relative position bias, (y, x)."""
     ys = _axis_coords(h, generation, generation == "v1", dtype, device)
     xs = _axis_coords(w, generation, generation == "v1", dtype, device)
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+
+
+# Size-dependent helpers are leaves of FX graphs (evaluated at the traced graph's run-time sizes).
+torch.fx.wrap("offset_span")
+torch.fx.wrap("reference_points")
+torch.fx.wrap("query_grid")
 
 
 class DeformableAttention(nn.Module):
@@ -171,12 +189,8 @@ class DeformableAttention(nn.Module):
         f = self.offset_range_factor
         bounded = f > 0 if self.generation == "v1" else f >= 0
         if bounded:
-            if self.generation == "v1":
-                span = (1.0 / hk, 1.0 / wk)
-            else:
-                span = (1.0 / max(hk - 1, 1), 1.0 / max(wk - 1, 1))
             squashed = offset.tanh()
-            offset = squashed * offset.new_tensor(span) * f
+            offset = squashed * offset.new_tensor(offset_span(hk, wk, self.generation)) * f
         ref = reference_points(hk, wk, self.generation, q.dtype, q.device)
         pos = offset + ref
         if f < 0:
@@ -202,7 +216,7 @@ class DeformableAttention(nn.Module):
         qg = query_grid(H, W, self.generation, pos.dtype, pos.device).flip(-1).mul(0.5)
         keys = pos.flip(-1).mul(0.5).view(B, g, 1, ns, 2).transpose(0, 1).contiguous()
         disp = (qg.view(1, 1, H * W, 1, 2) - keys).view(g, B * H * W, ns, 2)
-        table = self.rpe_table.view(g, self.group_heads, *self.rpe_table.shape[1:])
+        table = self.rpe_table.unflatten(0, (g, self.group_heads))
         bias = F.grid_sample(table.to(pos.dtype), disp, mode="bilinear",
                              align_corners=True)  # [g, hg, B*HW, Ns]
         return bias.view(g, self.group_heads, B, H * W, ns).permute(2, 0, 1, 3, 4).flatten(1, 2)

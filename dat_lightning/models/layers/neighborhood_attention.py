@@ -9,19 +9,24 @@ The computation is blocked: the query map is cut into ``tile x tile`` tiles, eac
 ``(tile + k - 1)^2`` keys that cover all of its windows, and a precomputed additive mask (bias inside
 each query's window, ``-inf`` outside) turns the tile into one dense attention product
 (:func:`~.attention.biased_attention`). Nothing of size ``(HW x HW)`` or ``(HW x k^2 x C)`` is
-materialised.
+materialised. The tiling is planned in Python from the map size, so :func:`neighborhood_attention` is a
+leaf of FX graphs: a traced model runs it eagerly at whatever size it is given.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 from .attention import biased_attention
+from .padding import pad_bottom_right
 
 
-def window_starts(size: int, kernel_size: int, num_queries: int, device: torch.device) -> torch.Tensor:
+def neighborhood_first_keys(size: int, kernel_size: int, num_queries: int,
+                            device: torch.device) -> torch.Tensor:
     """First key index of the window of each of ``num_queries`` queries along an axis of ``size``."""
     idx = torch.arange(num_queries, device=device)
     return (idx - kernel_size // 2).clamp(0, size - kernel_size)
@@ -31,7 +36,7 @@ def _axis_layout(size: int, kernel_size: int, tile: int, device: torch.device):
     """Per-axis tiling: first key of each tile (ints), membership and bias offsets per query/slot."""
     num_tiles = (size + tile - 1) // tile  # not -(-a // b): traced sizes round towards zero
     span = tile + kernel_size - 1
-    starts = window_starts(size, kernel_size, num_tiles * tile, device).view(num_tiles, tile)
+    starts = neighborhood_first_keys(size, kernel_size, num_tiles * tile, device).view(num_tiles, tile)
     tile_first_key = starts[:, 0]  # windows start monotonically, so the first query's is the lowest
     slots = tile_first_key[:, None] + torch.arange(span, device=device)  # [T, span] key index
     member = (slots[:, None, :] >= starts[:, :, None]) & (
@@ -44,6 +49,7 @@ def _axis_layout(size: int, kernel_size: int, tile: int, device: torch.device):
     return num_tiles, span, first_keys, member, rel
 
 
+@register_notrace_function
 def neighborhood_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor | None, kernel_size: int,
     tile: int = 7, scale: float | None = None, dropout_p: float = 0.0,
@@ -99,6 +105,10 @@ def neighborhood_attention(
     return out[:, :, :H, :W] if pad_h or pad_w else out
 
 
+torch.fx.wrap("neighborhood_attention")
+torch.fx.wrap("pad_bottom_right")
+
+
 class NeighborhoodAttention2d(nn.Module):
     """DAT++ ``N`` block attention; parameter names match natten 0.14's ``NeighborhoodAttention2D``.
 
@@ -106,17 +116,19 @@ class NeighborhoodAttention2d(nn.Module):
     cropped back before the output projection, as natten 0.14 does.
     """
 
-    def __init__(self, dim: int, kernel_size: int, num_heads: int, attn_drop: float = 0.0,
+    def __init__(self, dim: int, heads: int, kernel_size: int, attn_drop: float = 0.0,
                  proj_drop: float = 0.0, tile: int = 7) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"neighborhood attention needs an odd kernel size, got {kernel_size}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
         self.scale = self.head_dim ** -0.5
         self.kernel_size = kernel_size
         self.tile = tile
-        self.rpb = nn.Parameter(torch.zeros(num_heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+        self.rpb = nn.Parameter(torch.zeros(heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
         nn.init.trunc_normal_(self.rpb, std=0.02, a=-2.0, b=2.0)
         self.qkv = nn.Linear(dim, dim * 3)
         self.attn_drop = attn_drop
@@ -126,16 +138,11 @@ class NeighborhoodAttention2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, C, H, W]``."""
         B, C, H, W = x.shape
-        x = x.permute(0, 2, 3, 1)
-        pad_b, pad_r = max(0, self.kernel_size - H), max(0, self.kernel_size - W)
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = H + pad_b, W + pad_r
-        qkv = self.qkv(x).view(B, Hp, Wp, 3, self.num_heads, self.head_dim).permute(3, 0, 4, 1, 2, 5)
+        x = pad_bottom_right(x.permute(0, 2, 3, 1), minimum=self.kernel_size, channels_last=True)
+        Hp, Wp = x.shape[1], x.shape[2]
+        qkv = self.qkv(x).view(B, Hp, Wp, 3, self.heads, self.head_dim).permute(3, 0, 4, 1, 2, 5)
         out = neighborhood_attention(qkv[0], qkv[1], qkv[2], self.rpb, self.kernel_size,
                                      tile=self.tile, scale=self.scale,
                                      dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, C)
-        if pad_b or pad_r:
-            out = out[:, :H, :W]
+        out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, C)[:, :H, :W]
         return self.proj_drop(self.proj(out)).permute(0, 3, 1, 2)
