@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.fx
 import torch.nn as nn
-from timm.layers import DropPath
+from timm.layers import DropPath, to_2tuple
 from timm.models import FeatureInfo
 from torch.utils.checkpoint import checkpoint
 
@@ -294,8 +294,8 @@ class DAT(_ParamLayout, nn.Module):
     """Vision Transformer with Deformable Attention (DAT v1 and DAT++).
 
     Args:
-        img_size: input size the model is built for; sizes position tables and stored masks.
-            Any input size works at run time.
+        img_size: input size (side or ``(height, width)``) the model is built for; sizes position
+            tables and stored masks. Any input size works at run time.
         in_chans: input channels.
         num_classes: classifier outputs; 0 removes the classifier.
         generation: ``"v1"`` (DAT) or ``"pp"`` (DAT++).
@@ -325,7 +325,7 @@ class DAT(_ParamLayout, nn.Module):
 
     def __init__(
         self,
-        img_size: int = 224,
+        img_size: int | tuple[int, int] = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
         generation: str = "v1",
@@ -389,13 +389,13 @@ class DAT(_ParamLayout, nn.Module):
             raise ValueError(f"DAT needs dims[0] == dim_stem and each stage to double the "
                              f"channels, got dim_stem={dim_stem}, dims={dims}")
 
-        fmap = img_size // patch_size
+        fmap = tuple(s // patch_size for s in to_2tuple(img_size))
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.stages = nn.ModuleList()
         self.feature_info = []
         for i in range(4):
             self.stages.append(DATStage(
-                dims[i], depths[i], stage_spec[i], (fmap, fmap), heads[i], generation,
+                dims[i], depths[i], stage_spec[i], fmap, heads[i], generation,
                 window_size=window_sizes[i], groups=_per_stage(groups, "groups")[i],
                 use_pe=_per_stage(use_pes, "use_pes")[i],
                 stride=_per_stage(strides, "strides")[i],
@@ -410,7 +410,7 @@ class DAT(_ParamLayout, nn.Module):
             ))
             self.feature_info.append(
                 dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f"stages.{i}"))
-            fmap //= 2
+            fmap = (fmap[0] // 2, fmap[1] // 2)
 
         self.down_projs = nn.ModuleList()
         for i in range(3):
