@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from dat_lightning.models.layers import DeformableAttention, NeighborhoodAttention2d, WindowAttention
 from dat_lightning.models.layers.deformable_attention import query_grid, reference_points
 from dat_lightning.models.layers.neighborhood_attention import neighborhood_first_keys
+from dat_lightning.models.layers.window_attention import shift_mask_for
 
 
 def window_straightforward(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +49,8 @@ def window_straightforward(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     bias = table.view(n, n, nh).permute(2, 0, 1).unsqueeze(0).repeat(B * r1 * r2, 1, 1, 1)
     attn = attn + bias
     if m.shift:
-        attn = attn + m._shift_mask(H, W, x.device).repeat(B, 1, 1).unsqueeze(1)
+        mask = shift_mask_for(m.attn_mask, m.fmap_size, H, W, ws, m.shift)
+        attn = attn + mask.repeat(B, 1, 1).unsqueeze(1)
     out = torch.einsum("bhnm,bhmd->bhnd", attn.softmax(-1), v).transpose(1, 2).reshape(-1, n, C)
     out = m.proj_out(out).view(B, r1, r2, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
     if m.shift:

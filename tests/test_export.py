@@ -11,6 +11,7 @@ import pytest
 import timm
 import torch
 from lightning.pytorch import Trainer, seed_everything
+from torch.export import Dim
 from toy_data import NUM_CLASSES, toy_loader
 
 from dat_lightning.export import export_onnx, main, save_for_timm
@@ -104,3 +105,17 @@ def test_torch_export(preset: str) -> None:
     program = torch.export.export(model, (x,))
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_torch_export_dynamic_size() -> None:
+    """One program for every side of 32 * k px, k = 2..16 (at 32 px the last stage is a single
+    pixel, which takes other branches): dat_test's windows (4/4/2/1) divide every such map."""
+    model = timm.create_model("dat_test", num_classes=10).eval()
+    k_h, k_w = Dim("k_h", min=2, max=16), Dim("k_w", min=2, max=16)
+    program = torch.export.export(model, (torch.randn(2, 3, 64, 64),),
+                                  dynamic_shapes=({2: 32 * k_h, 3: 32 * k_w},))
+    for size in ((64, 64), (96, 160)):
+        x = torch.randn(1, 3, *size)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-6)

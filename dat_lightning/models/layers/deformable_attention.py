@@ -35,6 +35,7 @@ from timm.layers import register_notrace_function
 
 from .attention import biased_attention
 from .norm import LayerNorm2d
+from .padding import size_max
 
 SATURATION_LEVEL = 0.99  # |tanh| above this counts as saturated in v1's bounded modes
 
@@ -79,11 +80,14 @@ def _axis_coords(size: int, generation: str, centred: bool, dtype, device) -> to
 
 
 @register_notrace_function
-def offset_span(hk: int, wk: int, generation: str) -> tuple[float, float]:
-    """Size of half a key-grid cell per unit offset, (y, x), for bounded offsets."""
-    if generation == "v1":
-        return 1.0 / hk, 1.0 / wk
-    return 1.0 / max(hk - 1, 1), 1.0 / max(wk - 1, 1)
+def offset_span(offset: torch.Tensor, generation: str) -> torch.Tensor:
+    """``[2]`` scale (y, x) of bounded offsets on a ``[N, Hk, Wk, 2]`` offset map: one key-grid
+    cell, ``1 / Hk`` (v1) or ``1 / max(Hk - 1, 1)`` (pp). Tensor ops on the sizes, so they stay
+    symbolic under ``torch.export``."""
+    hk, wk = offset.shape[1], offset.shape[2]
+    if generation == "pp":
+        hk, wk = size_max(hk - 1, 1), size_max(wk - 1, 1)
+    return 1.0 / torch.stack([offset.new_full((), hk), offset.new_full((), wk)])
 
 
 @register_notrace_function
@@ -190,7 +194,7 @@ class DeformableAttention(nn.Module):
         bounded = f > 0 if self.generation == "v1" else f >= 0
         if bounded:
             squashed = offset.tanh()
-            offset = squashed * offset.new_tensor(offset_span(hk, wk, self.generation)) * f
+            offset = squashed * offset_span(offset, self.generation) * f
         ref = reference_points(hk, wk, self.generation, q.dtype, q.device)
         pos = offset + ref
         if f < 0:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
 from .attention import biased_attention
-from .padding import pad_bottom_right
+from .padding import pad_bottom_right, size_max, size_min
 
 
 def neighborhood_first_keys(size: int, kernel_size: int, num_queries: int,
@@ -33,7 +33,9 @@ def neighborhood_first_keys(size: int, kernel_size: int, num_queries: int,
 
 
 def _axis_layout(size: int, kernel_size: int, tile: int, device: torch.device):
-    """Per-axis tiling: first key of each tile (ints), membership and bias offsets per query/slot."""
+    """Per-axis tiling: key index of each tile's slots, the first key of each tile (ints, or
+    ``None`` while compiling, where sizes are symbolic), membership and bias offsets per
+    query/slot."""
     num_tiles = (size + tile - 1) // tile  # not -(-a // b): traced sizes round towards zero
     span = tile + kernel_size - 1
     starts = neighborhood_first_keys(size, kernel_size, num_tiles * tile, device).view(num_tiles, tile)
@@ -44,9 +46,10 @@ def _axis_layout(size: int, kernel_size: int, tile: int, device: torch.device):
     )  # [T, tile, span]
     query = (torch.arange(num_tiles * tile, device=device)).view(num_tiles, tile)
     rel = (slots[:, None, :] - query[:, :, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
-    first_keys = [min(max(t * tile - kernel_size // 2, 0), size - kernel_size)
-                  for t in range(int(num_tiles))]  # = tile_first_key, as ints (sizes are static)
-    return num_tiles, span, first_keys, member, rel
+    first_keys = None if torch.compiler.is_compiling() else [
+        min(max(t * tile - kernel_size // 2, 0), size - kernel_size)
+        for t in range(int(num_tiles))]  # = tile_first_key, as ints (sizes are static)
+    return num_tiles, span, slots, first_keys, member, rel
 
 
 @register_notrace_function
@@ -64,10 +67,10 @@ def neighborhood_attention(
             f"neighborhood_attention needs maps of at least kernel_size={kernel_size} per side, got "
             f"{H}x{W}; pad the input first (NeighborhoodAttention2d does this for you)."
         )
-    tile_h, tile_w = min(tile, H), min(tile, W)
+    tile_h, tile_w = size_min(tile, H), size_min(tile, W)
     device = q.device
-    nth, span_h, row_starts, mem_h, rel_h = _axis_layout(H, kernel_size, tile_h, device)
-    ntw, span_w, col_starts, mem_w, rel_w = _axis_layout(W, kernel_size, tile_w, device)
+    nth, span_h, row_slots, row_starts, mem_h, rel_h = _axis_layout(H, kernel_size, tile_h, device)
+    ntw, span_w, col_slots, col_starts, mem_w, rel_w = _axis_layout(W, kernel_size, tile_w, device)
 
     # Additive mask [heads, nth, ntw, tile_h*tile_w, span_h*span_w].
     member = mem_h[:, None, :, None, :, None] & mem_w[None, :, None, :, None, :]
@@ -80,29 +83,38 @@ def neighborhood_attention(
     ).to(q.dtype)
 
     # Queries: pad to whole tiles, then cut into tiles.
+    # While compiling (torch.export, torch.compile) sizes may be symbolic: no branches on them.
+    compiling = torch.compiler.is_compiling()
     pad_h, pad_w = nth * tile_h - H, ntw * tile_w - W
-    qp = F.pad(q, (0, 0, 0, pad_w, 0, pad_h)) if pad_h or pad_w else q
+    qp = F.pad(q, (0, 0, 0, pad_w, 0, pad_h)) if compiling or pad_h or pad_w else q
     qt = qp.view(B, nh, nth, tile_h, ntw, tile_w, hd).transpose(3, 4)
     qt = qt.reshape(B, nh, nth, ntw, tile_h * tile_w, hd)
 
     # Keys of each tile: a contiguous run of rows/columns from the tile's first window start.
     # Runs past the map read zero padding, which the mask hides. Slices + stack instead of
-    # index_select: its backward (index_add_) is several times slower on CPU.
-    extra_h = max(row_starts[-1] + span_h - H, 0)
-    extra_w = max(col_starts[-1] + span_w - W, 0)
+    # index_select: its backward (index_add_) is several times slower on CPU. While compiling, the
+    # same keys are gathered with the slot index tensors (the tile starts are not Python ints).
+    half = kernel_size // 2
+    extra_h = size_max(
+        size_min(size_max((nth - 1) * tile_h - half, 0), H - kernel_size) + span_h - H, 0)
+    extra_w = size_max(
+        size_min(size_max((ntw - 1) * tile_w - half, 0), W - kernel_size) + span_w - W, 0)
 
     def gather(t: torch.Tensor) -> torch.Tensor:
-        if extra_h or extra_w:
+        if compiling or extra_h or extra_w:
             t = F.pad(t, (0, 0, 0, extra_w, 0, extra_h))
-        t = torch.stack([t.narrow(2, r, span_h) for r in row_starts], 2)
-        t = torch.stack([t.narrow(4, c, span_w) for c in col_starts], 4)
+        if compiling:
+            t = t[:, :, row_slots][:, :, :, :, col_slots]
+        else:
+            t = torch.stack([t.narrow(2, r, span_h) for r in row_starts], 2)
+            t = torch.stack([t.narrow(4, c, span_w) for c in col_starts], 4)
         return t.transpose(3, 4).reshape(B, nh, nth, ntw, span_h * span_w, hd)
 
     out, _ = biased_attention(qt, gather(k), gather(v), mask, hd ** -0.5 if scale is None else scale,
                               dropout_p)
     out = out.view(B, nh, nth, ntw, tile_h, tile_w, hd).transpose(3, 4)
     out = out.reshape(B, nh, nth * tile_h, ntw * tile_w, hd)
-    return out[:, :, :H, :W] if pad_h or pad_w else out
+    return out[:, :, :H, :W]
 
 
 torch.fx.wrap("neighborhood_attention")

@@ -49,8 +49,9 @@ def shift_window_mask(height: int, width: int, window: int, shift: int) -> torch
 def shift_mask_for(stored: torch.Tensor, stored_size: tuple[int, int], height: int, width: int,
                    window: int, shift: int) -> torch.Tensor:
     """``stored`` (the mask of a ``stored_size`` map) when the padded map is ``height x width`` of
-    that size, else a mask rebuilt for it on ``stored``'s device."""
-    if (height, width) == tuple(stored_size):
+    that size, else a mask rebuilt for it on ``stored``'s device (always while compiling, where
+    sizes may be symbolic)."""
+    if not torch.compiler.is_compiling() and (height, width) == tuple(stored_size):
         return stored
     return shift_window_mask(height, width, window, shift).to(stored.device)
 
