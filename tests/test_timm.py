@@ -243,8 +243,8 @@ def test_create_backbone_options(checkpoint_file) -> None:
 def test_unknown_names_list_the_presets() -> None:
     from dat_lightning.tasks import ClassificationTask
 
-    with pytest.raises(ValueError,
-                       match=r"unknown model 'dat_tinyy'; did you mean 'dat_tiny'\?.*dat_pp_test"):
+    with pytest.raises(ValueError, match=r"unknown backbone 'dat_tinyy'; the DAT presets are "
+                                         r"\[.*'dat_pp_test'\]; did you mean 'dat_tiny'\?"):
         create_backbone("dat_tinyy")
     with pytest.raises(ValueError, match=r"did you mean 'dat_pp_small'"):
         ClassificationTask(num_classes=2, backbone="dat_pp_smal")

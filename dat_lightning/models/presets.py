@@ -181,8 +181,8 @@ def check_model_name(name: str) -> None:
     close = difflib.get_close_matches(name, PRESETS, n=1) or difflib.get_close_matches(
         name, timm.list_models(), n=1)
     hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ValueError(f"unknown model {name!r}; {hint}the DAT presets are {list(PRESETS)} (any other "
-                     "timm model name works where a DAT is not required)")
+    raise ValueError(f"unknown backbone {name!r}; the DAT presets are {list(PRESETS)}; {hint}(any "
+                     "other timm model name works where a DAT is not required)")
 
 
 def create_backbone(name: str, weights: str | None = None, *, features_only: bool = False,
