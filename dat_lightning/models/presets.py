@@ -37,13 +37,13 @@ TEST_CONFIGS: dict[str, dict] = {
         generation="v1", img_size=32, dim_stem=16, dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
         heads=[1, 2, 4, 8], stage_spec=[["L", "S"], ["L", "D"], ["L", "D"], ["L", "D"]],
         window_sizes=[4, 4, 2, 1], groups=[-1, 1, 2, 4], use_pes=[False, True, True, True],
-        strides=[-1, 1, 1, 1], offset_range_factor=[-1, -1, 2, 2], drop_path_rate=0.0),
+        strides=[-1, 1, 1, 1], offset_range_factor=[-1, -1, 2, 2]),
     "dat_pp_test": dict(
         generation="pp", img_size=32, dim_stem=16, dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
         heads=[1, 2, 4, 8], stage_spec=[["N", "D"], ["N", "D"], ["N", "D"], ["D", "D"]],
         groups=[1, 1, 2, 4], use_pes=[True] * 4, strides=[4, 2, 1, 1], offset_range_factor=[-1] * 4,
         use_dwc_mlps=[True] * 4, use_lpus=[True] * 4, use_conv_patches=True, ksizes=[5, 3, 3, 3],
-        nat_ksizes=[3, 3, 3, 3], drop_path_rate=0.0),
+        nat_ksizes=[3, 3, 3, 3]),
 }
 _SETTINGS = {**{name: official_kwargs(cfg) for name, cfg in OFFICIAL_CONFIGS.items()}, **TEST_CONFIGS}
 #: Names of the registered presets.
