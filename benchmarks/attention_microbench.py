@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from dat_lightning.models.layers import DeformableAttention, NeighborhoodAttention2d, WindowAttention
 from dat_lightning.models.layers.deformable_attention import query_grid, reference_points
-from dat_lightning.models.layers.neighborhood_attention import window_starts
+from dat_lightning.models.layers.neighborhood_attention import neighborhood_first_keys
+from dat_lightning.models.layers.window_attention import shift_mask_for
 
 
 def window_straightforward(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
@@ -48,7 +49,8 @@ def window_straightforward(m: WindowAttention, x: torch.Tensor) -> torch.Tensor:
     bias = table.view(n, n, nh).permute(2, 0, 1).unsqueeze(0).repeat(B * r1 * r2, 1, 1, 1)
     attn = attn + bias
     if m.shift:
-        attn = attn + m._shift_mask(H, W, x.device).repeat(B, 1, 1).unsqueeze(1)
+        mask = shift_mask_for(m.attn_mask, m.fmap_size, H, W, ws, m.shift)
+        attn = attn + mask.repeat(B, 1, 1).unsqueeze(1)
     out = torch.einsum("bhnm,bhmd->bhnd", attn.softmax(-1), v).transpose(1, 2).reshape(-1, n, C)
     out = m.proj_out(out).view(B, r1, r2, ws, ws, C).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, C)
     if m.shift:
@@ -89,11 +91,11 @@ def deformable_straightforward(m: DeformableAttention, x: torch.Tensor) -> torch
 def neighborhood_straightforward(m: NeighborhoodAttention2d, x: torch.Tensor) -> torch.Tensor:
     """Neighborhood attention with the ``k*k`` keys of every query materialised (map >= kernel)."""
     B, C, H, W = x.shape
-    k, nh, hd = m.kernel_size, m.num_heads, m.head_dim
+    k, nh, hd = m.kernel_size, m.heads, m.head_dim
     qkv = m.qkv(x.permute(0, 2, 3, 1)).view(B, H, W, 3, nh, hd).permute(3, 0, 4, 1, 2, 5)
     q, key, val = qkv.unbind(0)  # [B, nh, H, W, hd]
-    rows = window_starts(H, k, H, x.device)[:, None] + torch.arange(k)  # [H, k]
-    cols = window_starts(W, k, W, x.device)[:, None] + torch.arange(k)  # [W, k]
+    rows = neighborhood_first_keys(H, k, H, x.device)[:, None] + torch.arange(k)  # [H, k]
+    cols = neighborhood_first_keys(W, k, W, x.device)[:, None] + torch.arange(k)  # [W, k]
     idx_r, idx_c = rows[:, None, :, None], cols[None, :, None, :]  # -> [H, W, k, k]
     keys, vals = key[:, :, idx_r, idx_c], val[:, :, idx_r, idx_c]  # [B, nh, H, W, k, k, hd]
     attn = torch.einsum("bnhwd,bnhwijd->bnhwij", q * m.scale, keys)
@@ -124,9 +126,9 @@ def cases(batch: int) -> list[tuple[str, nn.Module, tuple[int, ...], Callable]]:
         ("deformable, DAT++-T s3 256c 14x14", DeformableAttention(256, 8, 4, (14, 14), 2, 5, -1,
                                                                   generation="pp"),
          (batch, 256, 14, 14), deformable_straightforward),
-        ("neighborhood, DAT++-T s1 64c 56x56", NeighborhoodAttention2d(64, 7, 2),
+        ("neighborhood, DAT++-T s1 64c 56x56", NeighborhoodAttention2d(64, 2, 7),
          (batch, 64, 56, 56), neighborhood_straightforward),
-        ("neighborhood, DAT++-T s3 256c 14x14", NeighborhoodAttention2d(256, 7, 8),
+        ("neighborhood, DAT++-T s3 256c 14x14", NeighborhoodAttention2d(256, 8, 7),
          (batch, 256, 14, 14), neighborhood_straightforward),
     ]
 

@@ -36,7 +36,7 @@ def measure(model_name: str, mode: str, args: argparse.Namespace) -> dict:
     import timm
     import torch
 
-    import dat_lightning  # noqa: F401  (registers the DAT presets)
+    import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

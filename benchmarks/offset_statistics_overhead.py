@@ -28,21 +28,14 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from dat_lightning.callbacks import OffsetGuard, OffsetStatistics
-from dat_lightning.models import DAT
+from dat_lightning.models import DAT, create_backbone
 
 
 def small_dat(generation: str, img_size: int) -> DAT:
-    """A narrow DAT (v1) / DAT++ with deformable blocks in stages 1-3."""
-    common = dict(img_size=img_size, num_classes=10, dim_stem=32, dims=[32, 64, 128, 256],
-                  depths=[2, 2, 2, 2], heads=[1, 2, 4, 8], generation=generation)
-    if generation == "v1":
-        return DAT(**common, stage_spec=[["L", "S"], ["L", "D"], ["L", "D"], ["L", "D"]],
-                   window_sizes=[4, 4, 4, 2], groups=[-1, 1, 2, 4], use_pes=[False, True, True, True],
-                   strides=[-1, 1, 1, 1], offset_range_factor=[-1, -1, 2, 2])
-    return DAT(**common, stage_spec=[["N", "D"], ["N", "D"], ["N", "D"], ["D", "D"]], groups=[1, 1, 2, 4],
-               use_pes=[True] * 4, strides=[4, 2, 1, 1], offset_range_factor=[-1] * 4,
-               use_dwc_mlps=[True] * 4, use_lpus=[True] * 4, use_conv_patches=True,
-               ksizes=[5, 3, 3, 3], nat_ksizes=[3, 3, 3, 3])
+    """The dat_test (v1) / dat_pp_test preset at twice its width, as in the recorded runs."""
+    name, extra = ("dat_test", dict(window_sizes=[4, 4, 4, 2])) if generation == "v1" else ("dat_pp_test", {})
+    return create_backbone(name, img_size=img_size, num_classes=10, dim_stem=32,
+                           dims=[32, 64, 128, 256], **extra)
 
 
 class Task(pl.LightningModule):

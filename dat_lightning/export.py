@@ -1,16 +1,36 @@
-"""ONNX export of a (fine-tuned) DAT / DAT++ model, written atomically."""
+"""Sharing a fine-tuned DAT / DAT++ model: timm's hub layout and ONNX.
+
+* :func:`save_for_timm` writes a classifier (or a classification task's backbone and head) as
+  ``config.json`` + ``model.safetensors``, the layout of timm's Hugging Face hub models; the folder
+  loads offline with ``timm.create_model("local-dir:/path", pretrained=True)`` or
+  ``create_backbone("local-dir:/path")``.
+* :func:`export_checkpoint` does the same from a Lightning ``.ckpt`` of a
+  :class:`~dat_lightning.tasks.ClassificationTask`; on the command line::
+
+      python -m dat_lightning.export timm runs/digits_dat/checkpoints/best.ckpt shared/digits_dat
+
+* :func:`export_onnx` writes an ONNX graph, atomically.
+
+TorchScript is not supported (``torch.jit.script`` is deprecated upstream); use ``torch.export``,
+``torch.fx`` or ONNX.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from timm.models import save_for_hf
 
-__all__ = ["DEFAULT_OPSET", "export_onnx"]
+from .models.dat import DAT
+
+__all__ = ["DEFAULT_OPSET", "export_checkpoint", "export_onnx", "main", "save_for_timm"]
 
 # grid_sample (deformable attention) is an ONNX operator from opset 16 on.
 DEFAULT_OPSET = 17
@@ -64,3 +84,65 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, image_size: tuple[int
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def save_for_timm(model: nn.Module, folder: str | os.PathLike,
+                  label_names: Sequence[str] | None = None) -> Path:
+    """Save a DAT classifier in timm's hub layout: ``config.json`` (``architecture``,
+    ``num_classes``, ``label_names``, ``model_args``, ``pretrained_cfg``) and ``model.safetensors``.
+
+    Args:
+        model: a DAT built by timm (``create_backbone``/``timm.create_model``), or a task whose
+            ``model`` is one (a :class:`~dat_lightning.tasks.ClassificationTask`); a task's
+            ``class_names`` are the default ``label_names``.
+        folder: output folder (created).
+        label_names: one name per class.
+
+    Returns:
+        The folder.
+
+    Raises:
+        ValueError: for a model that is not a timm-built DAT classifier, or label names that do
+            not match its classes.
+    """
+    if not isinstance(model, DAT) and isinstance(getattr(model, "model", None), DAT):
+        hparams = getattr(model, "hparams", {})
+        label_names = hparams.get("class_names") if label_names is None else label_names
+        model = model.model
+    if not isinstance(model, DAT) or not getattr(model, "pretrained_cfg", None):
+        raise ValueError(f"save_for_timm needs a DAT classifier built by timm (create_backbone or "
+                         f"timm.create_model) or a ClassificationTask, got {type(model).__name__}")
+    if label_names is not None and len(label_names) != model.num_classes:
+        raise ValueError(f"{len(label_names)} label_names for a model with {model.num_classes} "
+                         "classes; give one name per class")
+    folder = Path(folder)
+    config = dict(label_names=list(label_names)) if label_names else None
+    save_for_hf(model, folder, model_config=config, safe_serialization=True)
+    return folder
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """:func:`save_for_timm` of the :class:`~dat_lightning.tasks.ClassificationTask` saved in a
+    Lightning ``.ckpt`` (its ``weights`` setting is ignored: nothing is downloaded)."""
+    from .tasks import ClassificationTask
+
+    task = ClassificationTask.load_from_checkpoint(checkpoint, map_location="cpu", weights=None)
+    return save_for_timm(task, folder)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m dat_lightning.export timm CKPT FOLDER``."""
+    parser = argparse.ArgumentParser(prog="python -m dat_lightning.export",
+                                     description="Export a trained DAT classifier.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    to_timm = commands.add_parser("timm", help="a ClassificationTask .ckpt -> timm hub folder "
+                                  "(config.json + model.safetensors)")
+    to_timm.add_argument("checkpoint", help="Lightning .ckpt of a ClassificationTask")
+    to_timm.add_argument("folder", help="output folder")
+    args = parser.parse_args(argv)
+    folder = export_checkpoint(args.checkpoint, args.folder)
+    print(f"saved {folder}; load it with timm.create_model('local-dir:{folder}', pretrained=True)")
+
+
+if __name__ == "__main__":
+    main()

@@ -82,18 +82,12 @@ def position_scale(expected: torch.Tensor) -> float:
 
 
 def tiny_dat_kwargs(generation: str = "v1", num_classes: int = 10, img_size: int = 32) -> dict:
-    """Constructor settings of a narrow DAT (v1) or DAT++ ("pp") that runs fast on a CPU."""
-    common = dict(img_size=img_size, num_classes=num_classes, dim_stem=16, dims=[16, 32, 64, 128],
-                  depths=[2, 2, 2, 2], heads=[1, 2, 4, 8], generation=generation)
-    if generation == "v1":
-        return dict(common, stage_spec=[["L", "S"], ["L", "D"], ["L", "D"], ["L", "D"]],
-                    window_sizes=[4, 4, 2, 1], groups=[-1, 1, 2, 4],
-                    use_pes=[False, True, True, True], strides=[-1, 1, 1, 1],
-                    offset_range_factor=[-1, -1, 2, 2])
-    return dict(common, stage_spec=[["N", "D"], ["N", "D"], ["N", "D"], ["D", "D"]],
-                groups=[1, 1, 2, 4], use_pes=[True] * 4, strides=[4, 2, 1, 1],
-                offset_range_factor=[-1] * 4, use_dwc_mlps=[True] * 4, use_lpus=[True] * 4,
-                use_conv_patches=True, ksizes=[5, 3, 3, 3], nat_ksizes=[3, 3, 3, 3])
+    """Constructor settings of the registered narrow preset ``dat_test`` (v1) or ``dat_pp_test``
+    ("pp"), which run fast on a CPU."""
+    from dat_lightning.models import TEST_CONFIGS
+
+    name = "dat_test" if generation == "v1" else "dat_pp_test"
+    return dict(TEST_CONFIGS[name], num_classes=num_classes, img_size=img_size)
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_neighborhood_attention_matches_loop_reference(size, kernel, tile):
 @pytest.mark.parametrize("size", [(4, 5), (7, 3), (2, 2)])
 def test_neighborhood_module_pads_maps_smaller_than_kernel(size):
     torch.manual_seed(0)
-    attn = NeighborhoodAttention2d(dim=8, kernel_size=7, num_heads=2).eval()
+    attn = NeighborhoodAttention2d(dim=8, heads=2, kernel_size=7).eval()
     x = torch.randn(1, 8, *size)
     padded = F.pad(x.permute(0, 2, 3, 1), (0, 0, 0, 7 - size[1], 0, 7 - size[0]))
     qkv = attn.qkv(padded).view(1, 7, 7, 3, 2, 4).permute(3, 0, 4, 1, 2, 5)

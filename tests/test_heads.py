@@ -7,7 +7,7 @@ import timm
 import torch
 from conftest import tiny_dat_kwargs
 
-import dat_lightning  # noqa: F401  (registers the DAT presets with timm)
+import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets with timm)
 from dat_lightning.models.heads import FCNHead, SemanticFPNHead, UperNetHead
 
 

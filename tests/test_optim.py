@@ -7,9 +7,11 @@ import math
 import re
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
 from conftest import tiny_dat_kwargs
+from timm.optim import create_optimizer_v2
 
 from dat_lightning.models import create_backbone
 from dat_lightning.tasks.optim import build_lr_scheduler, param_groups, schedule_factor
@@ -72,6 +74,26 @@ def test_every_dat_parameter_is_grouped_right(tiny_dat, generation):
     assert seen[0][1] == 0 and seen[-1][1] == num_layers - 1
     assert {layer for _, layer, _ in seen} == set(range(num_layers))  # every block is a layer
     assert owner[id(model.cls_head.weight)]["lr_scale"] == 1.0
+
+
+@pytest.mark.parametrize("features", [None, (0, 1, 2, 3), (0, 1)], ids=["classifier", "features",
+                                                                     "features01"])
+@pytest.mark.parametrize("preset", ["dat_test", "dat_pp_test"])
+def test_timm_layer_decay_agrees_with_param_groups(preset, features):
+    """timm's create_optimizer_v2 (via group_matcher/no_weight_decay) and param_groups give every
+    parameter the same LR scale and the same decay/no-decay decision."""
+    kwargs = dict(features_only=True, out_indices=features) if features else {}
+    model = timm.create_model(preset, layer_scale_values=[1e-5] * 4, **kwargs)
+    timm_opt = create_optimizer_v2(model, "adamw", lr=1.0, weight_decay=WD, layer_decay=0.65)
+    ours = param_groups(model, weight_decay=WD, layer_decay=0.65)
+    timm_owner, our_owner = _by_param(timm_opt.param_groups), _by_param(ours)
+    named = dict(model.named_parameters())
+    assert len(timm_owner) == len(our_owner) == len(named)
+    for name, param in named.items():
+        mine, theirs = our_owner[id(param)], timm_owner[id(param)]
+        assert mine["lr_scale"] == pytest.approx(theirs["lr_scale"], rel=1e-12), name
+        assert mine["weight_decay"] == theirs["weight_decay"], name
+    assert len({g["lr_scale"] for g in ours}) == model.num_layers()
 
 
 def test_groups_of_a_wrapped_feature_backbone_and_defaults():

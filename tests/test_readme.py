@@ -16,7 +16,7 @@ import timm
 import torch
 from datamodules_fakes import write_image_folder
 
-import dat_lightning  # noqa: F401  (registers the DAT presets with timm)
+import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets with timm)
 from dat_lightning.cli import cli
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from timm.models import adapt_input_conv
 
 from ..download import file_kind as _file_kind
 from ..download import is_safetensors as _is_safetensors
@@ -328,6 +329,10 @@ def _adapt_mismatch(key: str, value: torch.Tensor, target: torch.Tensor) -> tupl
         return "interpolate", f"bicubic resize {shapes}"
     if name == "rpe_table" and value.ndim == target.ndim == 3 and value.shape[0] == target.shape[0]:
         return "interpolate", f"bicubic resize {shapes}"
+    if (key == "patch_proj.0.weight" and value.ndim == 4 and value.shape[0] == target.shape[0]
+            and value.shape[2:] == target.shape[2:]):
+        return "adapt_in_chans", (f"first conv adapted from {value.shape[1]} to {target.shape[1]} "
+                                  "input channels like timm's adapt_input_conv")
     if (key.startswith("cls_head.") and value.shape[0] != target.shape[0]
             and value.shape[1:] == target.shape[1:]):
         return "reset_head", (f"cls_head re-initialised: checkpoint has {value.shape[0]} classes, "
@@ -405,6 +410,9 @@ def _adapt(state: StateDict, model: nn.Module, features: bool, source: str, stri
         if kind == "interpolate":
             resize = _resize_bias_table if value.ndim == 2 else _resize_rpe_table
             new_state[key] = resize(value, tgt.shape[0] if value.ndim == 2 else tgt.shape[1:])
+            report.interpolated[key] = reason
+        elif kind == "adapt_in_chans":
+            new_state[key] = adapt_input_conv(tgt.shape[1], value).to(tgt.dtype)
             report.interpolated[key] = reason
         elif kind is not None:
             report.reinitialised[key] = reason

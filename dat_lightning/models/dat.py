@@ -4,25 +4,27 @@ One configurable :class:`DAT` class covers both generations; ``generation`` sele
 conventions in which they differ (see :mod:`dat_lightning.models.layers.deformable_attention`).
 Stage specs: ``L`` local window, ``S`` shifted window, ``D`` deformable, ``N`` neighborhood.
 
-The eight official presets are built from the constructor settings of the official configs
-(:data:`OFFICIAL_CONFIGS`) and registered with timm, so ``timm.create_model("dat_tiny")`` works once
-``dat_lightning`` is imported.
+This module is the architecture only. The presets (built from the official configs,
+:data:`OFFICIAL_CONFIGS`) are registered with timm by :mod:`dat_lightning.models.presets`, which
+also wires in the weights registry and the checkpoint loader.
+
+The model owns its parameter layout: :func:`dat_layer_id` says which layer each parameter belongs
+to and :data:`NO_DECAY_KEYWORDS` which take no weight decay; ``group_matcher`` (timm's layer-wise
+LR decay), ``no_weight_decay`` and :func:`dat_lightning.tasks.optim.param_groups` all ask it.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import torch
+import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
-from timm.layers import DropPath
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import FeatureInfo
+from timm.layers import DropPath, to_2tuple
+from timm.models import FeatureInfo
 from torch.utils.checkpoint import checkpoint
 
 from .layers import (
@@ -33,13 +35,19 @@ from .layers import (
     TransformerMLP,
     WindowAttention,
 )
-from .official_configs import OFFICIAL_CONFIGS, official_kwargs
-from .weights import WEIGHTS, download_file
+from .layers.padding import pad_bottom_right
 
-__all__ = ["DAT", "OFFICIAL_CONFIGS", "DATFeatures", "DATStage"]
+__all__ = ["DAT", "GLOBAL_POOLS", "NO_DECAY_KEYWORDS", "DATFeatures", "DATStage", "dat_layer_id"]
 
 BLOCK_TYPES = {"L": "local window", "S": "shifted window", "D": "deformable",
                "N": "neighborhood"}
+#: Pooling types of :meth:`DAT.forward_head` (``""``: none, the classifier runs per position).
+GLOBAL_POOLS = ("avg", "max", "avgmax", "")
+#: Parameter-name fragments that never get weight decay (position tables and layer scales);
+#: norms and biases are caught by being 1-D.
+NO_DECAY_KEYWORDS = ("rpe_table", "relative_position_bias_table", "rpb", "layer_scales")
+
+torch.fx.wrap("pad_bottom_right")
 
 
 class LayerScale2d(nn.Module):
@@ -64,10 +72,7 @@ class _PatchMergeConv(nn.Conv2d):
         super().__init__(in_chs, out_chs, 2, 2, 0, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad_b, pad_r = int(x.shape[2] < 2), int(x.shape[3] < 2)
-        if pad_b or pad_r:
-            x = F.pad(x, (0, pad_r, 0, pad_b))
-        return super().forward(x)
+        return super().forward(pad_bottom_right(x, minimum=2))
 
 
 class DATStage(nn.Module):
@@ -119,7 +124,7 @@ class DATStage(nn.Module):
                                            offset_range_factor, use_pe, generation,
                                            attn_drop, drop)
             elif kind == "N":
-                attn = NeighborhoodAttention2d(dim, nat_ksize, heads, attn_drop, drop)
+                attn = NeighborhoodAttention2d(dim, heads, nat_ksize, attn_drop, drop)
             else:
                 raise ValueError(f"unknown block type {kind!r} in stage spec {list(spec)}; "
                                  f"supported: {BLOCK_TYPES}")
@@ -170,19 +175,125 @@ def iter_stage_outputs(x: torch.Tensor, stages: nn.ModuleList, down_projs: nn.Mo
             x = down_projs[i](x)
 
 
-def _four(value: Any, name: str) -> list:
+def _per_stage(value: Any, name: str) -> list:
+    """``value`` as a list with one entry per stage (4); ValueError otherwise."""
     values = list(value)
     if len(values) != 4:
         raise ValueError(f"{name} needs one value per stage (4), got {values}")
     return values
 
 
-class DAT(nn.Module):
+def take_indices(num_stages: int, indices: int | Sequence[int] | None) -> list[int]:
+    """Absolute stage indices for timm's ``indices`` convention (``None``: all, an int ``n``: the
+    last ``n``, a sequence: those stages, negative from the end), validated like timm's
+    ``feature_take_indices``."""
+    if indices is None:
+        indices = num_stages
+    if isinstance(indices, int):
+        if not 0 < indices <= num_stages:
+            raise ValueError(f"indices={indices} asks for the last {indices} stages, but the model "
+                             f"has {num_stages}; use 1..{num_stages}")
+        return list(range(num_stages - indices, num_stages))
+    taken = []
+    for i in indices:
+        if not -num_stages <= i < num_stages:
+            raise ValueError(f"stage index {i} is out of range: the model has {num_stages} stages "
+                             f"(indices 0..{num_stages - 1}, or negative from the end)")
+        taken.append(i % num_stages)
+    if not taken:
+        raise ValueError("indices is empty; pass the stages to return, e.g. [0, 1, 2, 3]")
+    return taken
+
+
+_BLOCK = re.compile(r"^stages\.(\d+)\.(attns|mlps|local_perception_units|layer_norms|layer_scales)"
+                    r"\.(\d+)\.")
+_DOWN = re.compile(r"^down_projs\.(\d+)\.")
+_HEAD_PREFIXES = ("cls_norm.", "cls_head.", "norms.")
+_STAGE = re.compile(r"^(stages|down_projs)\.(\d+)\.")
+
+
+def dat_layer_id(name: str, depths: Sequence[int]) -> int:
+    """Layer of a DAT parameter for layer-wise LR decay (the model's single source of truth).
+
+    The stem (``patch_proj``) is layer 0, block ``j`` of stage ``i`` is layer
+    ``1 + sum(depths[:i]) + j`` (its attention, MLP, both norms, layer scales and local perception
+    unit), a down-projection belongs to the first block of the stage it feeds, and the final norm,
+    classifier and feature norms are the last layer, ``sum(depths) + 1``.
+
+    Args:
+        name: parameter name relative to the DAT module (e.g. ``"stages.2.attns.1.proj_q.weight"``).
+        depths: blocks per stage of the model.
+
+    Raises:
+        ValueError: for a name outside the DAT layout.
+    """
+    if name.startswith("patch_proj."):
+        return 0
+    if match := _BLOCK.match(name):
+        stage, kind, index = int(match[1]), match[2], int(match[3])
+        block = index // 2 if kind in ("layer_norms", "layer_scales") else index
+        return 1 + sum(depths[:stage]) + block
+    if match := _DOWN.match(name):
+        return 1 + sum(depths[:int(match[1]) + 1])
+    if name.startswith(_HEAD_PREFIXES):
+        return sum(depths) + 1
+    raise ValueError(f"parameter {name!r} is not part of the DAT layout (patch_proj, stages, "
+                     f"down_projs, cls_norm, cls_head, norms); update dat_layer_id for it")
+
+
+class _ParamLayout:
+    """The parameter layout shared by :class:`DAT` and :class:`DATFeatures` (needs ``stages``)."""
+
+    stages: nn.ModuleList
+
+    @property
+    def depths(self) -> list[int]:
+        """Blocks per (kept) stage."""
+        return [stage.depth for stage in self.stages]
+
+    def num_layers(self) -> int:
+        """Layers of :meth:`param_layer`: the stem, every block, and the output norms/head."""
+        return sum(self.depths) + 2
+
+    def param_layer(self, name: str) -> int:
+        """Layer of parameter ``name`` (a key of ``named_parameters()``), see :func:`dat_layer_id`."""
+        return dat_layer_id(name, self.depths)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        """timm's layer grouping (used by ``create_optimizer_v2(..., layer_decay=...)``): a function
+        of the parameter name, :meth:`param_layer` (or, ``coarse``, the stage: stem 0, stage ``i``
+        ``i + 1`` with the down-projection that feeds it, head last)."""
+        if not coarse:
+            return self.param_layer
+
+        def stage_of(name: str) -> int:
+            if name.startswith("patch_proj."):
+                return 0
+            if match := _STAGE.match(name):
+                return int(match[2]) + 1 + (match[1] == "down_projs")
+            return len(self.stages) + 1
+
+        return stage_of
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names excluded from weight decay besides 1-D ones (:data:`NO_DECAY_KEYWORDS`:
+        position tables and layer scales)."""
+        return {n for n, _ in self.named_parameters() if any(k in n for k in NO_DECAY_KEYWORDS)}
+
+    @torch.jit.ignore
+    def no_weight_decay_keywords(self) -> set[str]:
+        """Name fragments of :meth:`no_weight_decay`."""
+        return set(NO_DECAY_KEYWORDS)
+
+
+class DAT(_ParamLayout, nn.Module):
     """Vision Transformer with Deformable Attention (DAT v1 and DAT++).
 
     Args:
-        img_size: input size the model is built for; sizes position tables and stored masks.
-            Any input size works at run time.
+        img_size: input size (side or ``(height, width)``) the model is built for; sizes position
+            tables and stored masks. Any input size works at run time.
         in_chans: input channels.
         num_classes: classifier outputs; 0 removes the classifier.
         generation: ``"v1"`` (DAT) or ``"pp"`` (DAT++).
@@ -207,12 +318,12 @@ class DAT(nn.Module):
         drop_rate: dropout after projections and in MLPs.
         attn_drop_rate: attention dropout.
         drop_path_rate: stochastic depth, linearly increasing over blocks.
-        global_pool: ``"avg"`` or ``""`` (no pooling in :meth:`forward_head`).
+        global_pool: pooling of :meth:`forward_head`, one of :data:`GLOBAL_POOLS`.
     """
 
     def __init__(
         self,
-        img_size: int = 224,
+        img_size: int | tuple[int, int] = 224,
         in_chans: int = 3,
         num_classes: int = 1000,
         generation: str = "v1",
@@ -246,8 +357,9 @@ class DAT(nn.Module):
         if generation == "v1" and (use_conv_patches or any(use_dwc_mlps)):
             raise ValueError("use_conv_patches and use_dwc_mlps are DAT++ features; set "
                              "generation='pp' to use them")
-        dims, depths, heads = _four(dims, "dims"), _four(depths, "depths"), _four(heads, "heads")
-        stage_spec = _four(stage_spec, "stage_spec")
+        _check_pool(global_pool)
+        dims, depths = _per_stage(dims, "dims"), _per_stage(depths, "depths")
+        heads, stage_spec = _per_stage(heads, "heads"), _per_stage(stage_spec, "stage_spec")
         for i, (spec, depth) in enumerate(zip(stage_spec, depths)):
             if len(spec) != depth:
                 raise ValueError(f"stage {i}: stage_spec {list(spec)} has {len(spec)} entries but "
@@ -257,7 +369,6 @@ class DAT(nn.Module):
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = dims[-1]
         self.grad_checkpointing = False
-        self.patch_size = patch_size
 
         if use_conv_patches:
             self.patch_proj = nn.Sequential(
@@ -276,26 +387,28 @@ class DAT(nn.Module):
             raise ValueError(f"DAT needs dims[0] == dim_stem and each stage to double the "
                              f"channels, got dim_stem={dim_stem}, dims={dims}")
 
-        fmap = img_size // patch_size
+        fmap = tuple(s // patch_size for s in to_2tuple(img_size))
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.stages = nn.ModuleList()
         self.feature_info = []
         for i in range(4):
             self.stages.append(DATStage(
-                dims[i], depths[i], stage_spec[i], (fmap, fmap), heads[i], generation,
-                window_size=window_sizes[i], groups=_four(groups, "groups")[i],
-                use_pe=_four(use_pes, "use_pes")[i], stride=_four(strides, "strides")[i],
-                offset_range_factor=_four(offset_range_factor, "offset_range_factor")[i],
-                ksize=_four(ksizes, "ksizes")[i], nat_ksize=_four(nat_ksizes, "nat_ksizes")[i],
-                use_dwc_mlp=_four(use_dwc_mlps, "use_dwc_mlps")[i],
-                use_lpu=_four(use_lpus, "use_lpus")[i],
-                layer_scale_value=_four(layer_scale_values, "layer_scale_values")[i],
+                dims[i], depths[i], stage_spec[i], fmap, heads[i], generation,
+                window_size=window_sizes[i], groups=_per_stage(groups, "groups")[i],
+                use_pe=_per_stage(use_pes, "use_pes")[i],
+                stride=_per_stage(strides, "strides")[i],
+                offset_range_factor=_per_stage(offset_range_factor, "offset_range_factor")[i],
+                ksize=_per_stage(ksizes, "ksizes")[i],
+                nat_ksize=_per_stage(nat_ksizes, "nat_ksizes")[i],
+                use_dwc_mlp=_per_stage(use_dwc_mlps, "use_dwc_mlps")[i],
+                use_lpu=_per_stage(use_lpus, "use_lpus")[i],
+                layer_scale_value=_per_stage(layer_scale_values, "layer_scale_values")[i],
                 expansion=expansion, drop=drop_rate, attn_drop=attn_drop_rate,
                 drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
             ))
             self.feature_info.append(
                 dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f"stages.{i}"))
-            fmap //= 2
+            fmap = (fmap[0] // 2, fmap[1] // 2)
 
         self.down_projs = nn.ModuleList()
         for i in range(3):
@@ -312,29 +425,6 @@ class DAT(nn.Module):
 
     # --- timm model protocol -------------------------------------------------------------------
     @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
-        """Parameter names excluded from weight decay (position tables, as the official code)."""
-        return {n for n, _ in self.named_parameters()
-                if any(k in n for k in self.no_weight_decay_keywords())}
-
-    @torch.jit.ignore
-    def no_weight_decay_keywords(self) -> set[str]:
-        return {"relative_position_bias_table", "rpe_table", "rpb"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> dict:
-        """Parameter groups for timm's layer-wise LR decay: stem, blocks/stages, then the head."""
-        return dict(
-            stem=r"^patch_proj",
-            blocks=r"^stages\.(\d+)" if coarse else [
-                (r"^stages\.(\d+)\.(?:attns|mlps|local_perception_units)\.(\d+)", None),
-                (r"^stages\.(\d+)\.(?:layer_norms|layer_scales)\.(\d+)", None),
-                (r"^down_projs\.(\d+)", (99999,)),
-                (r"^cls_norm", (99999,)),
-            ],
-        )
-
-    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block in the backward pass to save activation memory."""
         self.grad_checkpointing = enable
@@ -345,9 +435,10 @@ class DAT(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """Replace the classifier with a freshly initialised one for ``num_classes`` outputs."""
-        self.num_classes = num_classes
         if global_pool is not None:
+            _check_pool(global_pool)
             self.global_pool = global_pool
+        self.num_classes = num_classes
         self.cls_head = (nn.Linear(self.num_features, num_classes) if num_classes > 0
                          else nn.Identity())
 
@@ -355,32 +446,47 @@ class DAT(nn.Module):
         """``(name, module)`` of every deformable attention block, in forward order."""
         return [(n, m) for n, m in self.named_modules() if isinstance(m, DeformableAttention)]
 
+    def prune_intermediate_layers(self, indices: int | Sequence[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last of ``indices`` (timm's protocol); ``prune_norm`` also
+        drops the final norm, ``prune_head`` the classifier and pooling. Returns the indices."""
+        taken = take_indices(len(self.stages), indices)
+        last = max(taken)
+        self.stages = self.stages[:last + 1]
+        self.down_projs = self.down_projs[:last]
+        if prune_norm:
+            self.cls_norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return taken
+
     # --- forward -------------------------------------------------------------------------------
-    def _stage_outputs(self, x: torch.Tensor, last: int = 3):
+    def _stage_outputs(self, x: torch.Tensor, last: int | None = None):
         """Yield ``(i, map)`` for stages ``0..last`` (before down-sampling) from an image batch."""
+        last = len(self.stages) - 1 if last is None else last
         yield from iter_stage_outputs(self.patch_proj(x), self.stages, self.down_projs, last,
                                       self.grad_checkpointing)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Sequence[int] | int | None = None,
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None,
                               norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
         """Stage outputs (before down-sampling), timm's ``forward_intermediates`` protocol.
 
-        ``indices``: stage indices, or an int ``n`` for the last ``n`` stages. ``norm`` applies
-        the final norm to the last stage's map when it is returned.
+        ``indices``: stage indices (negative from the end), or an int ``n`` for the last ``n``
+        stages; out-of-range indices raise ValueError. ``norm`` applies the final norm to the last
+        stage's map when it is returned. Returns ``(final features, maps)`` or, with
+        ``intermediates_only``, the maps.
         """
         if output_fmt != "NCHW":
             raise ValueError(f"DAT produces NCHW feature maps, output_fmt={output_fmt!r} given")
-        if indices is None:
-            take = [0, 1, 2, 3]
-        elif isinstance(indices, int):
-            take = list(range(4 - indices, 4))
-        else:
-            take = [i % 4 for i in indices]
+        num_stages = len(self.stages)
+        take = take_indices(num_stages, indices)
+        last_stage = max(take) if (stop_early or intermediates_only) else num_stages - 1
         intermediates = []
-        for i, fmap in self._stage_outputs(x, max(take) if stop_early else 3):
+        for i, fmap in self._stage_outputs(x, last_stage):
             if i in take:
-                intermediates.append(self.cls_norm(fmap) if (norm and i == 3) else fmap)
+                last_norm = norm and i == num_stages - 1
+                intermediates.append(self.cls_norm(fmap) if last_norm else fmap)
         if intermediates_only:
             return intermediates
         return self.cls_norm(fmap), intermediates
@@ -391,28 +497,44 @@ class DAT(nn.Module):
         return self.cls_norm(last)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Pool and classify; ``pre_logits=True`` returns the pooled features."""
+        """Pool (:attr:`global_pool`) and classify; ``pre_logits=True`` returns the pooled
+        features. Without pooling (``""``) the classifier runs at every position (NCHW logits)."""
         if self.global_pool == "avg":
-            x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return x if pre_logits else self.cls_head(x)
+            x = x.mean((2, 3))
+        elif self.global_pool == "max":
+            x = x.amax((2, 3))
+        elif self.global_pool == "avgmax":
+            x = 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
+        if pre_logits:
+            return x
+        if not self.global_pool:
+            return self.cls_head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.cls_head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
 
-class DATFeatures(nn.Module):
+def _check_pool(global_pool: str) -> None:
+    if global_pool not in GLOBAL_POOLS:
+        raise ValueError(f"global_pool={global_pool!r} is not supported; choose one of "
+                         f"{list(GLOBAL_POOLS)} ('' keeps the feature map)")
+
+
+class DATFeatures(_ParamLayout, nn.Module):
     """Multi-scale feature maps of a :class:`DAT`, laid out like the official dense-prediction
     backbone (``patch_proj``, ``stages``, ``norms``, ``down_projs``): one output LayerNorm per
     returned map, no classifier. Used by ``timm.create_model(..., features_only=True)``.
 
     Args:
         model: the DAT to take the stem and stages from.
-        out_indices: stages to return (0..3, strides 4/8/16/32); later stages are dropped.
+        out_indices: stages to return (0..3 or negative from the end, strides 4/8/16/32); later
+            stages are dropped.
     """
 
     def __init__(self, model: DAT, out_indices: Sequence[int] = (0, 1, 2, 3), **_: Any) -> None:
         super().__init__()
-        self.out_indices = tuple(i % 4 for i in out_indices)
+        self.out_indices = tuple(take_indices(len(model.stages), out_indices))
         last = max(self.out_indices)
         self.grad_checkpointing = model.grad_checkpointing
         self.patch_proj = model.patch_proj
@@ -433,100 +555,3 @@ class DATFeatures(nn.Module):
         outputs = iter_stage_outputs(self.patch_proj(x), self.stages, self.down_projs,
                                      len(self.stages) - 1, self.grad_checkpointing)
         return [self.norms[i](y) for i, y in outputs if i in self.out_indices]
-
-
-def _pretrained_cfg(variant: str) -> dict:
-    weights = WEIGHTS[f"{variant}.in1k"]
-    size = weights.input_size[-1]
-    return dict(
-        url=weights.url, num_classes=1000, input_size=weights.input_size,
-        pool_size=(size // 32, size // 32), crop_pct=weights.crop_pct, crop_mode="center",
-        interpolation=weights.interpolation, mean=weights.mean, std=weights.std,
-        first_conv="patch_proj.0", classifier="cls_head", license="apache-2.0",
-        origin_url="https://github.com/LeapLabTHU/DAT",
-        notes=(f"file {weights.file_name}", f"ImageNet-1K top-1 {weights.top1}",
-               f"mirror {weights.mirror}"),
-    )
-
-
-default_cfgs = generate_default_cfgs({name: _pretrained_cfg(name.split(".")[0])
-                                      for name in WEIGHTS})
-
-
-def _pretrained_source(cfg: dict) -> str | Path:
-    """The checkpoint a timm ``pretrained_cfg`` points at: its ``file``, else its ``url``
-    (downloaded once into the hub cache under the registered file name or the URL's)."""
-    if cfg.get("file"):
-        return cfg["file"]
-    name = f"{cfg['architecture']}.{cfg['tag']}"
-    if name in WEIGHTS and cfg.get("url") == WEIGHTS[name].url:
-        return name
-    if cfg.get("url"):
-        return download_file(cfg["url"], Path(urlsplit(cfg["url"]).path).name or f"{name}.pth")
-    raise ValueError(f"pretrained_cfg of {name} has neither 'file' nor 'url'; pass "
-                     "pretrained_cfg_overlay=dict(file='/path/to/checkpoint.pth')")
-
-
-def _create_dat(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """Build a preset (features wrapper included); pretrained weights go through
-    :func:`~dat_lightning.models.checkpoint.load_checkpoint`, which resizes position tables,
-    re-initialises a classifier of another size and reports what it did."""
-    from .checkpoint import load_checkpoint  # checkpoint.py imports this module
-
-    model_kwargs = {**official_kwargs(OFFICIAL_CONFIGS[variant]), **kwargs}
-    model = build_model_with_cfg(
-        DAT, variant, pretrained=False,
-        feature_cfg=dict(feature_cls=DATFeatures, out_indices=(0, 1, 2, 3)),
-        **model_kwargs,
-    )
-    if pretrained:
-        load_checkpoint(model, _pretrained_source(model.pretrained_cfg))
-    return model
-
-
-@register_model
-def dat_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """DAT-T (28M params, ImageNet-1K 82.0 top-1 at 224)."""
-    return _create_dat("dat_tiny", pretrained, **kwargs)
-
-
-@register_model
-def dat_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """DAT-S (ImageNet-1K 83.7 top-1 at 224)."""
-    return _create_dat("dat_small", pretrained, **kwargs)
-
-
-@register_model
-def dat_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """DAT-B (ImageNet-1K 84.0 top-1 at 224)."""
-    return _create_dat("dat_base", pretrained, **kwargs)
-
-
-@register_model
-def dat_base_384(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """DAT-B at 384 (ImageNet-1K 84.8 top-1)."""
-    return _create_dat("dat_base_384", pretrained, **kwargs)
-
-
-@register_model
-def dat_pp_tiny(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """DAT-T++ (24M params, ImageNet-1K 83.9 top-1 at 224)."""
-    return _create_dat("dat_pp_tiny", pretrained, **kwargs)
-
-
-@register_model
-def dat_pp_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """DAT-S++ (ImageNet-1K 84.6 top-1 at 224)."""
-    return _create_dat("dat_pp_small", pretrained, **kwargs)
-
-
-@register_model
-def dat_pp_base(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """DAT-B++ (ImageNet-1K 84.9 top-1 at 224)."""
-    return _create_dat("dat_pp_base", pretrained, **kwargs)
-
-
-@register_model
-def dat_pp_base_384(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """DAT-B++ at 384 (ImageNet-1K 85.9 top-1; built at img_size 224 like the official config)."""
-    return _create_dat("dat_pp_base_384", pretrained, **kwargs)

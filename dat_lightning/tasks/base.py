@@ -7,13 +7,13 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any, Literal, NamedTuple
 
-import timm
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MetricCollection
 
+from ..models.presets import check_model_name
 from .optim import SCHEDULES, build_lr_scheduler, param_groups
 
 __all__ = ["WARMUP_SHARE", "BaseTask", "EvaluationOutputs"]
@@ -117,10 +117,7 @@ class BaseTask(LightningModule, ABC):
                       freeze_offsets_steps=freeze_offsets_steps)
         if negative := {k: v for k, v in counts.items() if v < 0}:
             raise ValueError(f"these settings must be >= 0: {negative}")
-        if backbone not in timm.list_models():
-            raise ValueError(f"unknown backbone {backbone!r}; the DAT presets are "
-                             f"{timm.list_models('dat_*')} (other timm models work without "
-                             "layer_decay and the offset options)")
+        check_model_name(backbone)
         if lr_schedule not in SCHEDULES:
             raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {SCHEDULES}")
         self.optimizer_factory = optimizer

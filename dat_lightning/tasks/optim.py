@@ -17,71 +17,56 @@ Everything here is a plain function of a model or an optimizer, usable without L
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from functools import partial
+from typing import TypedDict
 
 import torch.nn as nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from ..models.dat import NO_DECAY_KEYWORDS, dat_layer_id
 from ..offsets import find_dat
 
-__all__ = ["NO_DECAY_KEYWORDS", "SCHEDULES", "build_lr_scheduler", "dat_layer_id", "find_dat",
-           "param_groups", "schedule_factor"]
+__all__ = ["NO_DECAY_KEYWORDS", "SCHEDULES", "ParamGroup", "build_lr_scheduler", "dat_layer_id",
+           "find_dat", "param_groups", "schedule_factor"]
 
-#: Parameter-name fragments that never get weight decay (position tables and layer scales);
-#: norms and biases are caught by being 1-D.
-NO_DECAY_KEYWORDS = ("rpe_table", "relative_position_bias_table", "rpb", "layer_scales")
 #: Learning-rate schedules known to :func:`schedule_factor`.
 SCHEDULES = ("cosine", "poly", "constant")
 
-_BLOCK = re.compile(r"^stages\.(\d+)\.(attns|mlps|local_perception_units|layer_norms|layer_scales)"
-                    r"\.(\d+)\.")
-_DOWN = re.compile(r"^down_projs\.(\d+)\.")
-_HEAD_PREFIXES = ("cls_norm.", "cls_head.", "norms.")
 
+class ParamGroup(TypedDict, total=False):
+    """One optimizer parameter group made by :func:`param_groups` (a dict, as optimizers need).
 
-def dat_layer_id(name: str, depths: Sequence[int]) -> int:
-    """Depth of a DAT parameter for layer-wise LR decay.
-
-    The stem (``patch_proj``) is layer 0, block ``j`` of stage ``i`` is layer
-    ``1 + sum(depths[:i]) + j`` (its attention, MLP, norms, layer scales and local perception
-    unit), a down-projection belongs to the first block of the stage it feeds, and the final norm,
-    classifier and feature norms are the last layer, ``sum(depths) + 1``.
-
-    Args:
-        name: parameter name relative to the DAT module (e.g. ``"stages.2.attns.1.proj_q.weight"``).
-        depths: blocks per stage of the model.
-
-    Raises:
-        ValueError: for a name outside the DAT layout.
+    ``lr_scale`` multiplies the group's LR at every scheduler step (see
+    :func:`build_lr_scheduler`); ``backbone``/``offset`` select the groups that freezing and the
+    offset guard act on; ``weight_decay`` is present for fixed or zero decay only.
     """
-    if name.startswith("patch_proj."):
-        return 0
-    if match := _BLOCK.match(name):
-        stage, kind, index = int(match[1]), match[2], int(match[3])
-        block = index // 2 if kind in ("layer_norms", "layer_scales") else index
-        return 1 + sum(depths[:stage]) + block
-    if match := _DOWN.match(name):
-        return 1 + sum(depths[:int(match[1]) + 1])
-    if name.startswith(_HEAD_PREFIXES):
-        return sum(depths) + 1
-    raise ValueError(f"parameter {name!r} is not part of the DAT layout (patch_proj, stages, "
-                     f"down_projs, cls_norm, cls_head, norms); update dat_layer_id for it")
+
+    params: list[nn.Parameter]
+    name: str
+    lr_scale: float
+    layer_id: int
+    backbone: bool
+    offset: bool
+    weight_decay: float
+
+
 
 
 def param_groups(model: nn.Module, weight_decay: float | None = None, layer_decay: float = 1.0,
-                 offset_lr_mult: float = 1.0, exclude: Sequence[str] = ()) -> list[dict]:
+                 offset_lr_mult: float = 1.0, exclude: Sequence[str] = ()) -> list[ParamGroup]:
     """Optimizer parameter groups of a model that contains a DAT backbone.
 
     Parameters are grouped by (backbone or head, layer, offset network or not, decay or not);
     empty groups are left out, so the groups depend only on the model and these arguments.
 
-    * No weight decay for 1-D parameters (norms, biases, layer scales) and position tables
-      (:data:`NO_DECAY_KEYWORDS`).
-    * ``lr_scale = layer_decay ** (num_layers - 1 - layer_id)`` inside the DAT (see
-      :func:`dat_layer_id`); everything outside it (task heads) has ``lr_scale`` 1.
+    * No weight decay for 1-D parameters (norms, biases, layer scales) and the DAT's
+      ``no_weight_decay()`` (position tables, :data:`NO_DECAY_KEYWORDS`).
+    * ``lr_scale = layer_decay ** (num_layers - 1 - layer_id)`` inside the DAT, with the layer
+      from the DAT's ``param_layer`` (:func:`dat_layer_id`), the same that timm's
+      ``create_optimizer_v2(..., layer_decay=...)`` gets from its ``group_matcher``; everything
+      outside it (task heads) has ``lr_scale`` 1.
     * The deformable offset networks (``conv_offset``) get ``lr_scale * offset_lr_mult`` and group
       names containing ``"offset"``.
     * ``backbone`` is true for the DAT's pretrained parts: all but ``cls_head`` and the new
@@ -99,8 +84,7 @@ def param_groups(model: nn.Module, weight_decay: float | None = None, layer_deca
         exclude: name prefixes of parameters to leave out (e.g. an EMA copy of the model).
 
     Returns:
-        a list of dicts with ``params``, ``name``, ``lr_scale``, ``layer_id``, ``backbone``,
-        ``offset`` and (for fixed or zero decay) ``weight_decay``.
+        the :class:`ParamGroup` dicts.
 
     Raises:
         ValueError: for ``layer_decay`` outside (0, 1] or a negative ``offset_lr_mult``, or for
@@ -115,19 +99,19 @@ def param_groups(model: nn.Module, weight_decay: float | None = None, layer_deca
         raise ValueError(f"layer_decay={layer_decay} needs a DAT backbone to assign layers, but "
                          f"{type(model).__name__} contains none; set layer_decay=1")
     prefix, dat = found if found is not None else (None, None)
-    depths = [stage.depth for stage in dat.stages] if dat is not None else []
-    num_layers = sum(depths) + 2
+    num_layers = dat.num_layers() if dat is not None else 2
+    dat_no_decay = dat.no_weight_decay() if dat is not None else set()
 
-    groups: dict[str, dict] = {}
+    groups: dict[str, ParamGroup] = {}
     for name, param in model.named_parameters():
         if any(name.startswith(p) for p in exclude):
             continue
         local = name[len(prefix):] if prefix is not None and name.startswith(prefix) else None
-        no_decay = param.ndim <= 1 or any(k in name for k in NO_DECAY_KEYWORDS)
+        no_decay = param.ndim <= 1 or local in dat_no_decay
         if local is None:
             layer_id, backbone, offset = num_layers - 1, False, False
         else:
-            layer_id = dat_layer_id(local, depths)
+            layer_id = dat.param_layer(local)
             backbone = not local.startswith(("cls_head.", "norms."))
             offset = ".conv_offset." in local
         scale = layer_decay ** (num_layers - 1 - layer_id) * (offset_lr_mult if offset else 1.0)
@@ -137,8 +121,8 @@ def param_groups(model: nn.Module, weight_decay: float | None = None, layer_deca
         parts += ["offset"] * offset + ["no_decay" if no_decay else "decay"]
         key = "_".join(parts)
         if key not in groups:
-            groups[key] = dict(params=[], name=key, lr_scale=scale, layer_id=layer_id,
-                               backbone=backbone, offset=offset)
+            groups[key] = ParamGroup(params=[], name=key, lr_scale=scale, layer_id=layer_id,
+                                     backbone=backbone, offset=offset)
             if no_decay:
                 groups[key]["weight_decay"] = 0.0
             elif weight_decay is not None:

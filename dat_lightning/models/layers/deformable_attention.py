@@ -28,11 +28,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 from .attention import biased_attention
 from .norm import LayerNorm2d
+from .padding import size_max
 
 SATURATION_LEVEL = 0.99  # |tanh| above this counts as saturated in v1's bounded modes
 
@@ -75,6 +78,18 @@ def _axis_coords(size: int, generation: str, centred: bool, dtype, device) -> to
     return ((r + 0.5) if centred else r) / (size - 1) * 2 - 1
 
 
+@register_notrace_function
+def offset_span(offset: torch.Tensor, generation: str) -> torch.Tensor:
+    """``[2]`` scale (y, x) of bounded offsets on a ``[N, Hk, Wk, 2]`` offset map: one key-grid
+    cell, ``1 / Hk`` (v1) or ``1 / max(Hk - 1, 1)`` (pp). Tensor ops on the sizes, so they stay
+    symbolic under ``torch.export``."""
+    hk, wk = offset.shape[1], offset.shape[2]
+    if generation == "pp":
+        hk, wk = size_max(hk - 1, 1), size_max(wk - 1, 1)
+    return 1.0 / torch.stack([offset.new_full((), hk), offset.new_full((), wk)])
+
+
+@register_notrace_function
 def reference_points(hk: int, wk: int, generation: str, dtype, device) -> torch.Tensor:
     """``[Hk, Wk, 2]`` undeformed key positions, (y, x)."""
     ys = _axis_coords(hk, generation, True, dtype, device)
@@ -82,11 +97,18 @@ def reference_points(hk: int, wk: int, generation: str, dtype, device) -> torch.
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
 
 
+@register_notrace_function
 def query_grid(h: int, w: int, generation: str, dtype, device) -> torch.Tensor:
     """``[H, W, 2]`` query positions used for the relative position bias, (y, x)."""
     ys = _axis_coords(h, generation, generation == "v1", dtype, device)
     xs = _axis_coords(w, generation, generation == "v1", dtype, device)
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+
+
+# Size-dependent helpers are leaves of FX graphs (evaluated at the traced graph's run-time sizes).
+torch.fx.wrap("offset_span")
+torch.fx.wrap("reference_points")
+torch.fx.wrap("query_grid")
 
 
 class DeformableAttention(nn.Module):
@@ -170,12 +192,8 @@ class DeformableAttention(nn.Module):
         f = self.offset_range_factor
         bounded = f > 0 if self.generation == "v1" else f >= 0
         if bounded:
-            if self.generation == "v1":
-                span = (1.0 / hk, 1.0 / wk)
-            else:
-                span = (1.0 / max(hk - 1, 1), 1.0 / max(wk - 1, 1))
             squashed = offset.tanh()
-            offset = squashed * offset.new_tensor(span) * f
+            offset = squashed * offset_span(offset, self.generation) * f
         ref = reference_points(hk, wk, self.generation, q.dtype, q.device)
         pos = offset + ref
         if f < 0:
@@ -201,7 +219,7 @@ class DeformableAttention(nn.Module):
         qg = query_grid(H, W, self.generation, pos.dtype, pos.device).flip(-1).mul(0.5)
         keys = pos.flip(-1).mul(0.5).view(B, g, 1, ns, 2).transpose(0, 1).contiguous()
         disp = (qg.view(1, 1, H * W, 1, 2) - keys).view(g, B * H * W, ns, 2)
-        table = self.rpe_table.view(g, self.group_heads, *self.rpe_table.shape[1:])
+        table = self.rpe_table.unflatten(0, (g, self.group_heads))
         bias = F.grid_sample(table.to(pos.dtype), disp, mode="bilinear",
                              align_corners=True)  # [g, hg, B*HW, Ns]
         return bias.view(g, self.group_heads, B, H * W, ns).permute(2, 0, 1, 3, 4).flatten(1, 2)

@@ -4,16 +4,20 @@ Parameter and buffer names follow the official checkpoints (``proj_qkv``, ``proj
 ``relative_position_bias_table``, ``relative_position_index`` and, for shifted windows,
 ``attn_mask``). Inputs that are not a multiple of the window are zero-padded right and bottom,
 padded tokens are not masked, the shift mask is rebuilt for the padded size, and the output is
-cropped back: the behaviour of the official dense-prediction code.
+cropped back: the behaviour of the official dense-prediction code. The size-dependent steps (padding,
+choosing the stored or a rebuilt shift mask) are leaves of FX graphs, so the layer traces with
+``torch.fx`` and runs the traced graph at any input size.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
-import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
 from .attention import biased_attention
+from .padding import pad_bottom_right
 
 _SHIFT_MASK_VALUE = -100.0  # the official code adds -100 (not -inf) between shifted regions
 
@@ -39,6 +43,21 @@ def shift_window_mask(height: int, width: int, window: int, shift: int) -> torch
     region = region.reshape(-1, window * window)
     diff = region[:, None, :] - region[:, :, None]
     return torch.where(diff != 0, _SHIFT_MASK_VALUE, 0.0)
+
+
+@register_notrace_function
+def shift_mask_for(stored: torch.Tensor, stored_size: tuple[int, int], height: int, width: int,
+                   window: int, shift: int) -> torch.Tensor:
+    """``stored`` (the mask of a ``stored_size`` map) when the padded map is ``height x width`` of
+    that size, else a mask rebuilt for it on ``stored``'s device (always while compiling, where
+    sizes may be symbolic)."""
+    if not torch.compiler.is_compiling() and (height, width) == tuple(stored_size):
+        return stored
+    return shift_window_mask(height, width, window, shift).to(stored.device)
+
+
+torch.fx.wrap("pad_bottom_right")
+torch.fx.wrap("shift_mask_for")
 
 
 class WindowAttention(nn.Module):
@@ -80,11 +99,6 @@ class WindowAttention(nn.Module):
         self.proj_out = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _shift_mask(self, height: int, width: int, device: torch.device) -> torch.Tensor:
-        if (height, width) == self.fmap_size:
-            return self.attn_mask
-        return shift_window_mask(height, width, self.window_size, self.shift).to(device)
-
     def position_bias(self) -> torch.Tensor:
         """``[heads, window^2, window^2]`` relative position bias."""
         n = self.window_size ** 2
@@ -95,11 +109,8 @@ class WindowAttention(nn.Module):
         """``[B, C, H, W]`` -> ``[B, C, H, W]``."""
         B, C, H, W = x.shape
         ws = self.window_size
-        x = x.permute(0, 2, 3, 1)
-        pad_b, pad_r = (-H) % ws, (-W) % ws
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = H + pad_b, W + pad_r
+        x = pad_bottom_right(x.permute(0, 2, 3, 1), multiple=ws, channels_last=True)
+        Hp, Wp = x.shape[1], x.shape[2]
         if self.shift:
             x = torch.roll(x, shifts=(-self.shift, -self.shift), dims=(1, 2))
         r1, r2 = Hp // ws, Wp // ws
@@ -108,13 +119,13 @@ class WindowAttention(nn.Module):
         q, k, v = qkv.permute(3, 0, 1, 4, 2, 5).unbind(0)  # [B, nW, heads, N, hd]
         mask = self.position_bias()
         if self.shift:
-            mask = mask[None] + self._shift_mask(Hp, Wp, x.device)[:, None]
+            shift_mask = shift_mask_for(self.attn_mask, self.fmap_size, Hp, Wp, ws,
+                                        self.shift)
+            mask = mask[None] + shift_mask[:, None]
         out, _ = biased_attention(q, k, v, mask, self.scale,
                                   self.attn_drop if self.training else 0.0)
         out = self.proj_out(out.transpose(2, 3).reshape(B, r1 * r2, ws * ws, C))
         out = out.view(B, r1, r2, ws, ws, C).transpose(2, 3).reshape(B, Hp, Wp, C)
         if self.shift:
             out = torch.roll(out, shifts=(self.shift, self.shift), dims=(1, 2))
-        if pad_b or pad_r:
-            out = out[:, :H, :W]
-        return self.proj_drop(out).permute(0, 3, 1, 2)
+        return self.proj_drop(out[:, :H, :W]).permute(0, 3, 1, 2)
