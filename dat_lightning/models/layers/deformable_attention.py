@@ -21,6 +21,13 @@ Where the official DAT++ code divides by ``size - 1`` and a key grid or feature 
 row or column (inputs of 32 px and below), it returns NaN/inf. Here a length-1 axis places its
 only point at the centre (coordinate 0) and the offset range uses ``max(size - 1, 1)``, so the
 output stays finite.
+
+Attention backends (:func:`set_attention_backend`): ``"reference"`` materialises the bias and the
+logits (:func:`~dat_lightning.models.layers.attention.biased_attention`; the bias is recomputed in
+backward instead of stored, see :func:`position_bias`); ``"flex"`` computes the bias inside
+FlexAttention (:mod:`~dat_lightning.models.layers.flex_attention`); ``"auto"`` (the default) is
+``"flex"`` on CUDA and ``"reference"`` elsewhere. Recording attention probabilities and attention
+dropout always use the reference path.
 """
 
 from __future__ import annotations
@@ -28,13 +35,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import biased_attention
+from .flex_attention import flex_deformable_attention
 from .norm import LayerNorm2d
 
+__all__ = ["ATTENTION_BACKENDS", "DeformableAttention", "DeformableRecord", "position_bias",
+           "query_grid", "reference_points", "set_attention_backend"]
+
 SATURATION_LEVEL = 0.99  # |tanh| above this counts as saturated in v1's bounded modes
+ATTENTION_BACKENDS = ("auto", "reference", "flex")
 
 
 @dataclass
@@ -88,6 +101,103 @@ def query_grid(h: int, w: int, generation: str, dtype, device) -> torch.Tensor:
     ys = _axis_coords(h, generation, generation == "v1", dtype, device)
     xs = _axis_coords(w, generation, generation == "v1", dtype, device)
     return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1)
+
+
+def offset_span(hk: int, wk: int, generation: str, like: torch.Tensor) -> torch.Tensor:
+    """``[2]`` size of half a key-grid cell, (y, x): the unit of a bounded offset."""
+    if generation == "v1":
+        return like.new_tensor((1.0 / hk, 1.0 / wk))
+    return like.new_tensor((1.0 / max(hk - 1, 1), 1.0 / max(wk - 1, 1)))
+
+
+def _half_displacements(pos: torch.Tensor, query_pos: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[groups, B*HW, Ns, 2]`` half query-key displacements in grid_sample's (x, y) order.
+
+    ``pos``: ``[B*groups, Hk, Wk, 2]``; ``query_pos``: ``[HW, 2]``; both (y, x). Built directly
+    in this layout, so the table is sampled once per group for all images.
+    """
+    groups, ns = pos.shape[0] // batch, pos.shape[1] * pos.shape[2]
+    keys = pos.flip(-1).mul(0.5).view(batch, groups, 1, ns, 2).transpose(0, 1).contiguous()
+    hw = query_pos.shape[0]
+    disp = query_pos.flip(-1).mul(0.5).view(1, 1, hw, 1, 2) - keys
+    return disp.view(groups, batch * hw, ns, 2)
+
+
+class _ContinuousPositionBias(torch.autograd.Function):
+    """``grid_sample`` of the grouped table at the half displacements of ``pos``.
+
+    Saves only ``pos``, the table and the query grid; backward rebuilds the displacements (the
+    ``grid`` of ``grid_sample``, 2 / heads-per-group times the size of the bias) and calls
+    ``grid_sample``'s backward, then reduces the displacement gradient to ``pos``.
+    """
+
+    @staticmethod
+    def forward(ctx, pos: torch.Tensor, table: torch.Tensor, query_pos: torch.Tensor,
+                batch: int) -> torch.Tensor:
+        ctx.save_for_backward(pos, table, query_pos)
+        ctx.batch = batch
+        groups = pos.shape[0] // batch
+        grouped = table.view(groups, table.shape[0] // groups, *table.shape[1:]).to(pos.dtype)
+        return F.grid_sample(grouped, _half_displacements(pos, query_pos, batch),
+                             mode="bilinear", align_corners=True)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pos, table, query_pos = ctx.saved_tensors
+        batch = ctx.batch
+        groups, ns = pos.shape[0] // batch, pos.shape[1] * pos.shape[2]
+        grouped = table.view(groups, table.shape[0] // groups, *table.shape[1:]).to(pos.dtype)
+        disp = _half_displacements(pos, query_pos, batch)
+        # Same dtypes as the forward's grid_sample (autocast may have run it in fp32).
+        grad_table, grad_disp = torch.ops.aten.grid_sampler_2d_backward(
+            grad, grouped.to(grad.dtype), disp.to(grad.dtype), 0, 0, True,
+            [ctx.needs_input_grad[1], True])
+        grad_pos = None
+        if ctx.needs_input_grad[0]:  # disp = q / 2 - flip(pos) / 2, summed over the queries
+            grad_pos = grad_disp.view(groups, batch, -1, ns, 2).sum(2).mul(-0.5).flip(-1)
+            grad_pos = grad_pos.transpose(0, 1).reshape(pos.shape).to(pos.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_table = grad_table.reshape(table.shape).to(table.dtype)
+        return grad_pos, grad_table, None, None
+
+
+def position_bias(pos: torch.Tensor, table: torch.Tensor, query_pos: torch.Tensor,
+                  batch: int) -> torch.Tensor:
+    """``[B, heads, HW, Ns]`` continuous relative position bias (a strided view).
+
+    ``pos``: ``[B*groups, Hk, Wk, 2]`` key positions; ``table``: ``[heads, Ht, Wt]``;
+    ``query_pos``: ``[HW, 2]`` query positions; all (y, x). The bias is ``table`` sampled
+    bilinearly (``align_corners=True``, zero padding) at half the query-key displacement; it is
+    recomputed in backward, not stored.
+    """
+    bias = _ContinuousPositionBias.apply(pos, table, query_pos, batch)  # [g, hg, B*HW, Ns]
+    groups, heads_per_group, _, ns = bias.shape
+    return bias.view(groups, heads_per_group, batch, -1, ns).permute(2, 0, 1, 3, 4).flatten(1, 2)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+            table: torch.Tensor | None, query_pos: torch.Tensor, scale: float, dropout_p: float,
+            backend: str, need_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention with the position bias by ``backend``; returns (output, probabilities or None).
+
+    ``pos``: ``[B*groups, Hk, Wk, 2]``; the other shapes as in :func:`position_bias` and
+    :func:`~dat_lightning.models.layers.flex_attention.flex_deformable_attention`.
+    """
+    batch = q.shape[0]
+    use_flex = backend == "flex" or (backend == "auto" and q.is_cuda)
+    if use_flex and not need_probs and dropout_p == 0.0:
+        keys = pos.view(batch, -1, pos.shape[1] * pos.shape[2], 2)
+        return flex_deformable_attention(q, k, v, table, keys, query_pos, scale), None
+    bias = position_bias(pos, table, query_pos, batch) if table is not None else None
+    out, probs = biased_attention(q, k, v, bias, scale, dropout_p)
+    return out, probs if need_probs else None
+
+
+# Shape-dependent helpers are single nodes under torch.fx symbolic tracing (sizes are proxies).
+torch.fx.wrap("reference_points")
+torch.fx.wrap("query_grid")
+torch.fx.wrap("offset_span")
+torch.fx.wrap("_attend")
 
 
 class DeformableAttention(nn.Module):
@@ -149,6 +259,7 @@ class DeformableAttention(nn.Module):
         self.record_offsets = False
         self.record_attention = False
         self.last_record: DeformableRecord | None = None
+        self.attention_backend = "auto"  # see set_attention_backend
 
     def _sampling_points(self, q: torch.Tensor):
         """Channels-last queries ``[B, H, W, C]`` -> (pos, ref, saturated), each
@@ -162,7 +273,7 @@ class DeformableAttention(nn.Module):
         dwc, norm, act, pwc = self.conv_offset
         offset = F.conv2d(q.permute(0, 3, 1, 2), dwc.weight.repeat(self.groups, 1, 1, 1),
                           dwc.bias.repeat(self.groups), dwc.stride, dwc.padding, groups=C)
-        hk, wk = offset.shape[2:]
+        hk, wk = offset.shape[2], offset.shape[3]
         offset = offset.permute(0, 2, 3, 1).reshape(B, hk, wk, self.groups, self.group_channels)
         offset = act(F.layer_norm(offset, norm.norm.normalized_shape, norm.norm.weight,
                                   norm.norm.bias, norm.norm.eps))
@@ -171,12 +282,8 @@ class DeformableAttention(nn.Module):
         f = self.offset_range_factor
         bounded = f > 0 if self.generation == "v1" else f >= 0
         if bounded:
-            if self.generation == "v1":
-                span = (1.0 / hk, 1.0 / wk)
-            else:
-                span = (1.0 / max(hk - 1, 1), 1.0 / max(wk - 1, 1))
             squashed = offset.tanh()
-            offset = squashed * offset.new_tensor(span) * f
+            offset = squashed * offset_span(hk, wk, self.generation, offset) * f
         ref = reference_points(hk, wk, self.generation, q.dtype, q.device)
         pos = offset + ref
         if f < 0:
@@ -192,21 +299,6 @@ class DeformableAttention(nn.Module):
             saturated = torch.zeros_like(pos[..., 0], dtype=torch.bool)
         return pos, ref, saturated
 
-    def _position_bias(self, pos: torch.Tensor, H: int, W: int, B: int) -> torch.Tensor:
-        """``[B, heads, H*W, Ns]`` bias (a strided view) sampled from ``rpe_table`` at the
-        query-key displacement."""
-        ns = pos.shape[1] * pos.shape[2]
-        g = self.groups
-        # Half displacements in grid_sample's (x, y) order, built directly in [groups, B, HW, Ns]
-        # layout: one grid_sample per group over all batch elements, no per-image table copies.
-        qg = query_grid(H, W, self.generation, pos.dtype, pos.device).flip(-1).mul(0.5)
-        keys = pos.flip(-1).mul(0.5).view(B, g, 1, ns, 2).transpose(0, 1).contiguous()
-        disp = (qg.view(1, 1, H * W, 1, 2) - keys).view(g, B * H * W, ns, 2)
-        table = self.rpe_table.view(g, self.group_heads, *self.rpe_table.shape[1:])
-        bias = F.grid_sample(table.to(pos.dtype), disp, mode="bilinear",
-                             align_corners=True)  # [g, hg, B*HW, Ns]
-        return bias.view(g, self.group_heads, B, H * W, ns).permute(2, 0, 1, 3, 4).flatten(1, 2)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, C, H, W]`` (channels-last strides in, channels-last out).
 
@@ -216,7 +308,7 @@ class DeformableAttention(nn.Module):
         B, C, H, W = x.shape
         q = F.linear(x.permute(0, 2, 3, 1), self.proj_q.weight.flatten(1), self.proj_q.bias)
         pos, ref, saturated = self._sampling_points(q)
-        hk, wk = pos.shape[1:3]
+        hk, wk = pos.shape[1], pos.shape[2]
         ns = hk * wk
         sampled = F.grid_sample(x.reshape(B * self.groups, self.group_channels, H, W),
                                 pos.flip(-1), mode="bilinear", align_corners=True)
@@ -226,9 +318,10 @@ class DeformableAttention(nn.Module):
         kv = F.linear(sampled.reshape(B, ns, C), w_kv, b_kv)
         k, v = kv.view(B, ns, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         qh = q.view(B, H * W, self.heads, self.head_dim).transpose(1, 2)
-        bias = self._position_bias(pos, H, W, B) if self.rpe_table is not None else None
-        out, probs = biased_attention(qh, k, v, bias, self.scale,
-                                      self.attn_drop if self.training else 0.0)
+        query_pos = query_grid(H, W, self.generation, pos.dtype, pos.device).view(H * W, 2)
+        out, probs = _attend(qh, k, v, pos, self.rpe_table,
+                             query_pos, self.scale, self.attn_drop if self.training else 0.0,
+                             self.attention_backend, self.record_offsets and self.record_attention)
         out = F.linear(out.transpose(1, 2).reshape(B, H, W, C), self.proj_out.weight.flatten(1),
                        self.proj_out.bias)
         if self.record_offsets:
@@ -240,6 +333,30 @@ class DeformableAttention(nn.Module):
                 fmap_size=(H, W),
                 generation=self.generation,
                 offset_range_factor=self.offset_range_factor,
-                attn=probs.detach() if self.record_attention else None,
+                attn=None if probs is None else probs.detach(),
             )
         return self.proj_drop(out).permute(0, 3, 1, 2)
+
+
+def set_attention_backend(model: nn.Module, backend: str = "auto") -> int:
+    """Select the attention backend of every deformable block in ``model``.
+
+    Args:
+        model: a DAT / DAT++ model, a task, or any module containing deformable blocks.
+        backend: ``"auto"`` (FlexAttention on CUDA, the reference path elsewhere; on CUDA this
+            default is not yet measured against the reference path), ``"reference"`` (materialised
+            bias and logits) or ``"flex"`` (bias inside FlexAttention; on the CPU inference only).
+
+    Returns:
+        The number of deformable blocks changed.
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of "
+                         f"{list(ATTENTION_BACKENDS)}")
+    blocks = [m for m in model.modules() if isinstance(m, DeformableAttention)]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no deformable attention blocks, so it has "
+                         "no attention backend to select")
+    for block in blocks:
+        block.attention_backend = backend
+    return len(blocks)
