@@ -61,14 +61,24 @@ def test_position_bias_saves_only_positions_and_table():
                                                        query_pos.numel()])
 
 
-def _check_grads(model, folder):
-    """The fixtures' README rule: |got - exp| <= 1e-4 * scale + 1e-4 * |exp| per tensor."""
-    x = torch.load(folder / "input.pt", weights_only=True).requires_grad_()
-    weight = torch.load(folder / "weight.pt", weights_only=True)
+def load_grad_fixture(folder):
+    """The model of a gradient fixture (train mode, official weights loaded strictly)."""
+    model = from_official_config(json.loads((folder / "config.json").read_text())).train()
+    state = torch.load(folder / "checkpoint.pth", weights_only=True)["model"]
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def check_official_gradients(model, folder):
+    """The fixtures' README rule: |got - exp| <= 1e-4 * scale + 1e-4 * |exp| per tensor (the model
+    may be on any device; the comparison runs on the CPU)."""
+    device = next(model.parameters()).device
+    x = torch.load(folder / "input.pt", weights_only=True).to(device).requires_grad_()
+    weight = torch.load(folder / "weight.pt", weights_only=True).to(device)
     expected = torch.load(folder / "grads.pt", weights_only=True)
     (model(x) * weight).sum().backward()
     floor = 1e-4 * max(g.abs().max().item() for g in expected["params"].values())
-    got = {"input": x.grad, **{n: p.grad for n, p in model.named_parameters()}}
+    got = {"input": x.grad.cpu(), **{n: p.grad.cpu() for n, p in model.named_parameters()}}
     want = {"input": expected["input"], **expected["params"]}
     assert set(got) == set(want)
     for name, exp in want.items():
@@ -80,10 +90,7 @@ def _check_grads(model, folder):
 @pytest.mark.parametrize("name", ["v1_grad_224", "pp_grad_192"])
 def test_official_gradients_reproduced(official_dir, name):
     folder = official_dir.parent / "grads" / name
-    model = from_official_config(json.loads((folder / "config.json").read_text())).train()
-    state = torch.load(folder / "checkpoint.pth", weights_only=True)["model"]
-    model.load_state_dict(state, strict=True)
-    _check_grads(model, folder)
+    check_official_gradients(load_grad_fixture(folder), folder)
 
 
 def test_score_mod_matches_bias_and_its_gradients():
