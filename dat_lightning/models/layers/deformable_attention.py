@@ -123,6 +123,19 @@ def _half_displacements(pos: torch.Tensor, query_pos: torch.Tensor, batch: int) 
     return disp.view(groups, batch * hw, ns, 2)
 
 
+def _grouped_table(table: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[heads, Ht, Wt]`` -> ``[groups, heads / groups, Ht, Wt]`` in ``dtype``."""
+    return table.view(groups, table.shape[0] // groups, *table.shape[1:]).to(dtype)
+
+
+def _sample_table(pos: torch.Tensor, table: torch.Tensor, query_pos: torch.Tensor,
+                  batch: int) -> torch.Tensor:
+    """``[groups, heads / groups, B*HW, Ns]`` bias: the table sampled at the displacements."""
+    return F.grid_sample(_grouped_table(table, pos.shape[0] // batch, pos.dtype),
+                         _half_displacements(pos, query_pos, batch), mode="bilinear",
+                         align_corners=True)
+
+
 class _ContinuousPositionBias(torch.autograd.Function):
     """``grid_sample`` of the grouped table at the half displacements of ``pos``.
 
@@ -136,17 +149,14 @@ class _ContinuousPositionBias(torch.autograd.Function):
                 batch: int) -> torch.Tensor:
         ctx.save_for_backward(pos, table, query_pos)
         ctx.batch = batch
-        groups = pos.shape[0] // batch
-        grouped = table.view(groups, table.shape[0] // groups, *table.shape[1:]).to(pos.dtype)
-        return F.grid_sample(grouped, _half_displacements(pos, query_pos, batch),
-                             mode="bilinear", align_corners=True)
+        return _sample_table(pos, table, query_pos, batch)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         pos, table, query_pos = ctx.saved_tensors
         batch = ctx.batch
         groups, ns = pos.shape[0] // batch, pos.shape[1] * pos.shape[2]
-        grouped = table.view(groups, table.shape[0] // groups, *table.shape[1:]).to(pos.dtype)
+        grouped = _grouped_table(table, groups, pos.dtype)
         disp = _half_displacements(pos, query_pos, batch)
         # Same dtypes as the forward's grid_sample (autocast may have run it in fp32).
         grad_table, grad_disp = torch.ops.aten.grid_sampler_2d_backward(
@@ -167,10 +177,15 @@ def position_bias(pos: torch.Tensor, table: torch.Tensor, query_pos: torch.Tenso
 
     ``pos``: ``[B*groups, Hk, Wk, 2]`` key positions; ``table``: ``[heads, Ht, Wt]``;
     ``query_pos``: ``[HW, 2]`` query positions; all (y, x). The bias is ``table`` sampled
-    bilinearly (``align_corners=True``, zero padding) at half the query-key displacement; it is
-    recomputed in backward, not stored.
+    bilinearly (``align_corners=True``, zero padding) at half the query-key displacement. When a
+    gradient is needed it is recomputed in backward, not stored (a custom autograd function; plain
+    ``grid_sample`` without gradients and under ``torch.jit`` tracing, e.g. the ONNX export).
     """
-    bias = _ContinuousPositionBias.apply(pos, table, query_pos, batch)  # [g, hg, B*HW, Ns]
+    needs_grad = torch.is_grad_enabled() and (pos.requires_grad or table.requires_grad)
+    if needs_grad and not torch.jit.is_tracing():
+        bias = _ContinuousPositionBias.apply(pos, table, query_pos, batch)
+    else:
+        bias = _sample_table(pos, table, query_pos, batch)  # [g, hg, B*HW, Ns]
     groups, heads_per_group, _, ns = bias.shape
     return bias.view(groups, heads_per_group, batch, -1, ns).permute(2, 0, 1, 3, 4).flatten(1, 2)
 
