@@ -39,7 +39,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import biased_attention
+from .attention import batched_biased_attention, biased_attention
 from .flex_attention import flex_deformable_attention
 from .norm import LayerNorm2d
 
@@ -203,9 +203,17 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
     if use_flex and not need_probs and dropout_p == 0.0:
         keys = pos.view(batch, -1, pos.shape[1] * pos.shape[2], 2)
         return flex_deformable_attention(q, k, v, table, keys, query_pos, scale), None
-    bias = position_bias(pos, table, query_pos, batch) if table is not None else None
-    out, probs = biased_attention(q, k, v, bias, scale, dropout_p)
-    return out, probs if need_probs else None
+    if table is None:
+        out, probs = biased_attention(q, k, v, None, scale, dropout_p)
+        return out, probs if need_probs else None
+    # Heads-major [heads*B, N, d] batches: the bias comes out of grid_sample in this order, so it
+    # is added inside the GEMM and its gradient reaches the bias function contiguous.
+    heads, hw, ns = q.shape[1], q.shape[2], k.shape[2]
+    bias = position_bias(pos, table, query_pos, batch).transpose(0, 1).reshape(-1, hw, ns)
+    out, probs = batched_biased_attention(*(t.transpose(0, 1).flatten(0, 1) for t in (q, k, v)),
+                                          bias, scale, dropout_p)
+    out = out.view(heads, batch, hw, -1).transpose(0, 1)
+    return out, probs.view(heads, batch, hw, ns).transpose(0, 1) if need_probs else None
 
 
 # Shape-dependent helpers are single nodes under torch.fx symbolic tracing (sizes are proxies).
