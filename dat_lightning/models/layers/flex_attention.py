@@ -12,17 +12,16 @@ with :func:`~dat_lightning.models.layers.deformable_attention.set_attention_back
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 
 import torch
 from torch.nn.attention.flex_attention import flex_attention
 
-
-@functools.cache
-def _compiled_flex_attention() -> Callable:
-    """``flex_attention`` compiled once per process (uncompiled it is a slow dense reference)."""
-    return torch.compile(flex_attention, dynamic=None)
+# Compiled lazily on first call (uncompiled, FlexAttention is a slow dense reference); inside an
+# outer torch.compile, dynamo inlines it. Inductor's CPU FlexAttention template only accepts
+# captured tensors that are graph inputs, so on the CPU the call is kept out of an outer graph.
+_compiled_flex_attention = torch.compile(flex_attention, dynamic=None)
+_compiled_flex_attention_own_graph = torch.compiler.disable(_compiled_flex_attention)
 
 
 def deformable_score_mod(table: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor,
@@ -84,4 +83,5 @@ def flex_deformable_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         dtype = torch.promote_types(q.dtype, torch.float32)
         score_mod = deformable_score_mod(table.to(dtype), pos.to(dtype), query_pos.to(dtype),
                                          q.shape[1] // pos.shape[1])
-    return _compiled_flex_attention()(q, k, v, score_mod=score_mod, scale=scale)
+    flex = _compiled_flex_attention_own_graph if q.device.type == "cpu" else _compiled_flex_attention
+    return flex(q, k, v, score_mod=score_mod, scale=scale)
