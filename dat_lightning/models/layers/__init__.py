@@ -1,7 +1,7 @@
 """Building blocks of the DAT and DAT++ backbones."""
 
 from .attention import biased_attention
-from .deformable_attention import DeformableAttention, DeformableRecord
+from .deformable_attention import DeformableAttention, DeformableRecord, set_attention_backend
 from .mlp import ConvMLP, TransformerMLP
 from .neighborhood_attention import NeighborhoodAttention2d
 from .norm import LayerNorm2d
@@ -16,4 +16,5 @@ __all__ = [
     "TransformerMLP",
     "WindowAttention",
     "biased_attention",
+    "set_attention_backend",
 ]

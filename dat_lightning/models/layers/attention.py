@@ -22,6 +22,20 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: to
     logits = torch.matmul(q * scale, k.transpose(-2, -1))
     if bias is not None:
         logits = logits + bias
+    return _softmax_values(logits, v, dropout_p)
+
+
+def batched_biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             bias: torch.Tensor, scale: float,
+                             dropout_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`biased_attention` over ``[N, L, d]`` batches with a ``[N, L, S]`` bias (one per
+    batch element, e.g. per image and head): the bias is added inside the GEMM (``baddbmm``), so
+    the logits are written once and the bias gradient is the logits gradient itself."""
+    return _softmax_values(torch.baddbmm(bias, q, k.transpose(-2, -1), alpha=scale), v, dropout_p)
+
+
+def _softmax_values(logits: torch.Tensor, v: torch.Tensor,
+                    dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     probs = logits.softmax(-1)
     attn = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
     return torch.matmul(attn, v), probs

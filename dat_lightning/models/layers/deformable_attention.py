@@ -21,6 +21,13 @@ Where the official DAT++ code divides by ``size - 1`` and a key grid or feature 
 row or column (inputs of 32 px and below), it returns NaN/inf. Here a length-1 axis places its
 only point at the centre (coordinate 0) and the offset range uses ``max(size - 1, 1)``, so the
 output stays finite.
+
+Attention backends (:func:`set_attention_backend`): ``"reference"`` materialises the bias and the
+logits (:func:`~dat_lightning.models.layers.attention.biased_attention`; the bias is recomputed in
+backward instead of stored, see :func:`position_bias`); ``"flex"`` computes the bias inside
+FlexAttention (:mod:`~dat_lightning.models.layers.flex_attention`); ``"auto"`` (the default) is
+``"flex"`` on CUDA and ``"reference"`` elsewhere. Recording attention probabilities and attention
+dropout always use the reference path.
 """
 
 from __future__ import annotations
@@ -33,11 +40,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-from .attention import biased_attention
+from .attention import batched_biased_attention, biased_attention
+from .flex_attention import flex_deformable_attention
 from .norm import LayerNorm2d
 from .padding import size_max
 
+__all__ = ["ATTENTION_BACKENDS", "DeformableAttention", "DeformableRecord", "position_bias",
+           "query_grid", "reference_points", "set_attention_backend"]
+
 SATURATION_LEVEL = 0.99  # |tanh| above this counts as saturated in v1's bounded modes
+ATTENTION_BACKENDS = ("auto", "reference", "flex")
 
 
 @dataclass
@@ -109,6 +121,116 @@ def query_grid(h: int, w: int, generation: str, dtype, device) -> torch.Tensor:
 torch.fx.wrap("offset_span")
 torch.fx.wrap("reference_points")
 torch.fx.wrap("query_grid")
+torch.fx.wrap("_attend")
+
+
+def _half_displacements(pos: torch.Tensor, query_pos: torch.Tensor, batch: int) -> torch.Tensor:
+    """``[groups, B*HW, Ns, 2]`` half query-key displacements in grid_sample's (x, y) order.
+
+    ``pos``: ``[B*groups, Hk, Wk, 2]``; ``query_pos``: ``[HW, 2]``; both (y, x). Built directly
+    in this layout, so the table is sampled once per group for all images.
+    """
+    groups, ns = pos.shape[0] // batch, pos.shape[1] * pos.shape[2]
+    keys = pos.flip(-1).mul(0.5).view(batch, groups, 1, ns, 2).transpose(0, 1).contiguous()
+    hw = query_pos.shape[0]
+    disp = query_pos.flip(-1).mul(0.5).view(1, 1, hw, 1, 2) - keys
+    return disp.view(groups, batch * hw, ns, 2)
+
+
+def _grouped_table(table: torch.Tensor, groups: int, dtype: torch.dtype) -> torch.Tensor:
+    """``[heads, Ht, Wt]`` -> ``[groups, heads / groups, Ht, Wt]`` in ``dtype``."""
+    return table.unflatten(0, (groups, -1)).to(dtype)
+
+
+def _sample_table(pos: torch.Tensor, table: torch.Tensor, query_pos: torch.Tensor,
+                  batch: int) -> torch.Tensor:
+    """``[groups, heads / groups, B*HW, Ns]`` bias: the table sampled at the displacements."""
+    return F.grid_sample(_grouped_table(table, pos.shape[0] // batch, pos.dtype),
+                         _half_displacements(pos, query_pos, batch), mode="bilinear",
+                         align_corners=True)
+
+
+class _ContinuousPositionBias(torch.autograd.Function):
+    """``grid_sample`` of the grouped table at the half displacements of ``pos``.
+
+    Saves only ``pos``, the table and the query grid; backward rebuilds the displacements (the
+    ``grid`` of ``grid_sample``, 2 / heads-per-group times the size of the bias) and calls
+    ``grid_sample``'s backward, then reduces the displacement gradient to ``pos``.
+    """
+
+    @staticmethod
+    def forward(ctx, pos: torch.Tensor, table: torch.Tensor, query_pos: torch.Tensor,
+                batch: int) -> torch.Tensor:
+        ctx.save_for_backward(pos, table, query_pos)
+        ctx.batch = batch
+        return _sample_table(pos, table, query_pos, batch)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        pos, table, query_pos = ctx.saved_tensors
+        batch = ctx.batch
+        groups, ns = pos.shape[0] // batch, pos.shape[1] * pos.shape[2]
+        grouped = _grouped_table(table, groups, pos.dtype)
+        disp = _half_displacements(pos, query_pos, batch)
+        # Same dtypes as the forward's grid_sample (autocast may have run it in fp32).
+        grad_table, grad_disp = torch.ops.aten.grid_sampler_2d_backward(
+            grad, grouped.to(grad.dtype), disp.to(grad.dtype), 0, 0, True,
+            [ctx.needs_input_grad[1], True])
+        grad_pos = None
+        if ctx.needs_input_grad[0]:  # disp = q / 2 - flip(pos) / 2, summed over the queries
+            grad_pos = grad_disp.view(groups, batch, -1, ns, 2).sum(2).mul(-0.5).flip(-1)
+            grad_pos = grad_pos.transpose(0, 1).reshape(pos.shape).to(pos.dtype)
+        if ctx.needs_input_grad[1]:
+            grad_table = grad_table.reshape(table.shape).to(table.dtype)
+        return grad_pos, grad_table, None, None
+
+
+def position_bias(pos: torch.Tensor, table: torch.Tensor, query_pos: torch.Tensor,
+                  batch: int) -> torch.Tensor:
+    """``[B, heads, HW, Ns]`` continuous relative position bias (a strided view).
+
+    ``pos``: ``[B*groups, Hk, Wk, 2]`` key positions; ``table``: ``[heads, Ht, Wt]``;
+    ``query_pos``: ``[HW, 2]`` query positions; all (y, x). The bias is ``table`` sampled
+    bilinearly (``align_corners=True``, zero padding) at half the query-key displacement. When a
+    gradient is needed it is recomputed in backward, not stored (a custom autograd function; plain
+    ``grid_sample`` without gradients and under ``torch.jit`` tracing, e.g. the ONNX export).
+    """
+    needs_grad = torch.is_grad_enabled() and (pos.requires_grad or table.requires_grad)
+    if needs_grad and not torch.jit.is_tracing():
+        bias = _ContinuousPositionBias.apply(pos, table, query_pos, batch)
+    else:
+        bias = _sample_table(pos, table, query_pos, batch)  # [g, hg, B*HW, Ns]
+    groups, heads_per_group, _, ns = bias.shape
+    return bias.view(groups, heads_per_group, batch, -1, ns).permute(2, 0, 1, 3, 4).flatten(1, 2)
+
+
+@register_notrace_function
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+            table: torch.Tensor | None, query_pos: torch.Tensor, scale: float, dropout_p: float,
+            backend: str, need_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention with the position bias by ``backend``; returns (output, probabilities or None).
+
+    ``pos``: ``[B*groups, Hk, Wk, 2]``; the other shapes as in :func:`position_bias` and
+    :func:`~dat_lightning.models.layers.flex_attention.flex_deformable_attention`.
+    """
+    batch = q.shape[0]
+    use_flex = backend == "flex" or (backend == "auto" and q.is_cuda)
+    if use_flex and not need_probs and dropout_p == 0.0:
+        keys = pos.view(batch, -1, pos.shape[1] * pos.shape[2], 2)
+        return flex_deformable_attention(q, k, v, table, keys, query_pos, scale), None
+    if table is None:
+        out, probs = biased_attention(q, k, v, None, scale, dropout_p)
+        return out, probs if need_probs else None
+    # Heads-major [heads*B, N, d] batches: the bias comes out of grid_sample in this order, so it
+    # is added inside the GEMM and its gradient reaches the bias function contiguous.
+    heads, hw, ns = q.shape[1], q.shape[2], k.shape[2]
+    bias = position_bias(pos, table, query_pos, batch).transpose(0, 1).reshape(-1, hw, ns)
+    out, probs = batched_biased_attention(*(t.transpose(0, 1).flatten(0, 1) for t in (q, k, v)),
+                                          bias, scale, dropout_p)
+    out = out.view(heads, batch, hw, -1).transpose(0, 1)
+    return out, probs.view(heads, batch, hw, ns).transpose(0, 1) if need_probs else None
+
+
 
 
 class DeformableAttention(nn.Module):
@@ -170,6 +292,7 @@ class DeformableAttention(nn.Module):
         self.record_offsets = False
         self.record_attention = False
         self.last_record: DeformableRecord | None = None
+        self.attention_backend = "auto"  # see set_attention_backend
 
     def _sampling_points(self, q: torch.Tensor):
         """Channels-last queries ``[B, H, W, C]`` -> (pos, ref, saturated), each
@@ -183,7 +306,7 @@ class DeformableAttention(nn.Module):
         dwc, norm, act, pwc = self.conv_offset
         offset = F.conv2d(q.permute(0, 3, 1, 2), dwc.weight.repeat(self.groups, 1, 1, 1),
                           dwc.bias.repeat(self.groups), dwc.stride, dwc.padding, groups=C)
-        hk, wk = offset.shape[2:]
+        hk, wk = offset.shape[2], offset.shape[3]
         offset = offset.permute(0, 2, 3, 1).reshape(B, hk, wk, self.groups, self.group_channels)
         offset = act(F.layer_norm(offset, norm.norm.normalized_shape, norm.norm.weight,
                                   norm.norm.bias, norm.norm.eps))
@@ -209,21 +332,6 @@ class DeformableAttention(nn.Module):
             saturated = torch.zeros_like(pos[..., 0], dtype=torch.bool)
         return pos, ref, saturated
 
-    def _position_bias(self, pos: torch.Tensor, H: int, W: int, B: int) -> torch.Tensor:
-        """``[B, heads, H*W, Ns]`` bias (a strided view) sampled from ``rpe_table`` at the
-        query-key displacement."""
-        ns = pos.shape[1] * pos.shape[2]
-        g = self.groups
-        # Half displacements in grid_sample's (x, y) order, built directly in [groups, B, HW, Ns]
-        # layout: one grid_sample per group over all batch elements, no per-image table copies.
-        qg = query_grid(H, W, self.generation, pos.dtype, pos.device).flip(-1).mul(0.5)
-        keys = pos.flip(-1).mul(0.5).view(B, g, 1, ns, 2).transpose(0, 1).contiguous()
-        disp = (qg.view(1, 1, H * W, 1, 2) - keys).view(g, B * H * W, ns, 2)
-        table = self.rpe_table.unflatten(0, (g, self.group_heads))
-        bias = F.grid_sample(table.to(pos.dtype), disp, mode="bilinear",
-                             align_corners=True)  # [g, hg, B*HW, Ns]
-        return bias.view(g, self.group_heads, B, H * W, ns).permute(2, 0, 1, 3, 4).flatten(1, 2)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, C, H, W]`` (channels-last strides in, channels-last out).
 
@@ -233,7 +341,7 @@ class DeformableAttention(nn.Module):
         B, C, H, W = x.shape
         q = F.linear(x.permute(0, 2, 3, 1), self.proj_q.weight.flatten(1), self.proj_q.bias)
         pos, ref, saturated = self._sampling_points(q)
-        hk, wk = pos.shape[1:3]
+        hk, wk = pos.shape[1], pos.shape[2]
         ns = hk * wk
         sampled = F.grid_sample(x.reshape(B * self.groups, self.group_channels, H, W),
                                 pos.flip(-1), mode="bilinear", align_corners=True)
@@ -243,9 +351,10 @@ class DeformableAttention(nn.Module):
         kv = F.linear(sampled.reshape(B, ns, C), w_kv, b_kv)
         k, v = kv.view(B, ns, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         qh = q.view(B, H * W, self.heads, self.head_dim).transpose(1, 2)
-        bias = self._position_bias(pos, H, W, B) if self.rpe_table is not None else None
-        out, probs = biased_attention(qh, k, v, bias, self.scale,
-                                      self.attn_drop if self.training else 0.0)
+        query_pos = query_grid(H, W, self.generation, pos.dtype, pos.device).view(H * W, 2)
+        out, probs = _attend(qh, k, v, pos, self.rpe_table,
+                             query_pos, self.scale, self.attn_drop if self.training else 0.0,
+                             self.attention_backend, self.record_offsets and self.record_attention)
         out = F.linear(out.transpose(1, 2).reshape(B, H, W, C), self.proj_out.weight.flatten(1),
                        self.proj_out.bias)
         if self.record_offsets:
@@ -256,6 +365,30 @@ class DeformableAttention(nn.Module):
                 saturated=saturated.view(shape),
                 fmap_size=(H, W),
                 generation=self.generation,
-                attn=probs.detach() if self.record_attention else None,
+                attn=None if probs is None else probs.detach(),
             )
         return self.proj_drop(out).permute(0, 3, 1, 2)
+
+
+def set_attention_backend(model: nn.Module, backend: str = "auto") -> int:
+    """Select the attention backend of every deformable block in ``model``.
+
+    Args:
+        model: a DAT / DAT++ model, a task, or any module containing deformable blocks.
+        backend: ``"auto"`` (FlexAttention on CUDA, the reference path elsewhere; on CUDA this
+            default is not yet measured against the reference path), ``"reference"`` (materialised
+            bias and logits) or ``"flex"`` (bias inside FlexAttention; on the CPU inference only).
+
+    Returns:
+        The number of deformable blocks changed.
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of "
+                         f"{list(ATTENTION_BACKENDS)}")
+    blocks = [m for m in model.modules() if isinstance(m, DeformableAttention)]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no deformable attention blocks, so it has "
+                         "no attention backend to select")
+    for block in blocks:
+        block.attention_backend = backend
+    return len(blocks)

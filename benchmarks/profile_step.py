@@ -1,0 +1,68 @@
+"""Op-by-op profile of one train (or forward) step of several models, side by side.
+
+    python benchmarks/profile_step.py --models swin_tiny_patch4_window7_224 dat_tiny --top 15
+
+Each model runs ``--warmup`` untimed steps, then one step under ``torch.profiler``; the table lists
+the ops with the largest self CPU time summed over the models, in ms and as a share of each
+model's step, so the extra time of one model over another can be read op by op.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import timm
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import dat_lightning  # noqa: F401  (registers the DAT presets)
+
+
+def profile_model(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """Self CPU time (ms) per op of one step of ``name``."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=1000).train(args.mode == "train")
+    x = torch.randn(args.batch, 3, args.size, args.size)
+
+    def step() -> None:
+        if args.mode == "train":
+            model(x).square().mean().backward()
+        else:
+            with torch.no_grad():
+                model(x)
+
+    for _ in range(args.warmup):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    return {e.key: e.self_cpu_time_total / 1000 for e in prof.key_averages()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["swin_tiny_patch4_window7_224", "dat_tiny"])
+    parser.add_argument("--mode", choices=["train", "forward"], default="train")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--top", type=int, default=20)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    times = {name: profile_model(name, args) for name in args.models}
+    totals = {name: sum(t.values()) for name, t in times.items()}
+    ops = sorted({op for t in times.values() for op in t},
+                 key=lambda op: -sum(t.get(op, 0.0) for t in times.values()))[:args.top]
+    print(f"\n{args.mode} step, batch {args.batch} at {args.size}, {args.threads} threads; "
+          "self CPU ms (share of the model's step)\n")
+    print("| op | " + " | ".join(args.models) + " |")
+    print("|" + " --- |" * (1 + len(args.models)))
+    for op in ops:
+        cells = [f"{times[n].get(op, 0.0):.0f} ({100 * times[n].get(op, 0.0) / totals[n]:.1f}%)"
+                 for n in args.models]
+        print(f"| `{op}` | " + " | ".join(cells) + " |")
+    print("| total | " + " | ".join(f"{totals[n]:.0f}" for n in args.models) + " |")
+
+
+if __name__ == "__main__":
+    main()
