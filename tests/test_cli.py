@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision.datasets as tvd
 from datamodules_fakes import (
     write_ade,
     write_cifar,
@@ -39,26 +38,6 @@ FAST = ["--trainer.fast_dev_run", "1", "--trainer.accelerator", "cpu", "--traine
         "--trainer.precision", "32-true"]
 
 
-def _cifar(root: Path, monkeypatch, hundred: bool) -> list[str]:
-    reader = tvd.CIFAR100 if hundred else tvd.CIFAR10
-    sums = write_cifar(root, hundred, per_batch=4,
-                       names=CIFAR100_CLASSES if hundred else CIFAR10_CLASSES)
-    # torchvision checks the real files' md5s; give it the fakes' so its own reader runs
-    monkeypatch.setattr(reader, "train_list", [[n, sums[n]] for n, _ in reader.train_list])
-    monkeypatch.setattr(reader, "test_list", [[n, sums[n]] for n, _ in reader.test_list])
-    monkeypatch.setattr(reader, "meta", {**reader.meta, "md5": sums[reader.meta["filename"]]})
-    return ["--data.init_args.root", str(root), "--data.init_args.download", "false"]
-
-
-def _flowers(root: Path, monkeypatch) -> list[str]:
-    sums = write_flowers(root, [1, 2, 3] * 3, {"trnid": [1, 2, 3], "valid": [4, 5, 6],
-                                               "tstid": [7, 8, 9]})
-    files = dict(tvd.Flowers102._file_dict)
-    monkeypatch.setattr(tvd.Flowers102, "_file_dict",
-                        {**files, **{k: (files[k][0], v) for k, v in sums.items()}})
-    return ["--data.init_args.root", str(root), "--data.init_args.download", "false"]
-
-
 def _root(writer: Callable[[Path], object]) -> Callable:
     def prepare(root: Path, monkeypatch) -> list[str]:
         writer(root)
@@ -75,14 +54,15 @@ def _imagefolder(root: Path, monkeypatch) -> list[str]:
 
 # recipe -> (fake dataset in the real on-disk format, extra overrides for a fast CPU run)
 SETUPS: dict[str, Callable] = {
-    "cifar_dat": lambda r, m: _cifar(r, m, False),
-    "cifar_dat_pp": lambda r, m: _cifar(r, m, False),
-    "cifar100_dat": lambda r, m: _cifar(r, m, True),
+    "cifar_dat": _root(lambda r: write_cifar(r, False, per_batch=4, names=CIFAR10_CLASSES)),
+    "cifar_dat_pp": _root(lambda r: write_cifar(r, False, per_batch=4, names=CIFAR10_CLASSES)),
+    "cifar100_dat": _root(lambda r: write_cifar(r, True, per_batch=4, names=CIFAR100_CLASSES)),
     "digits_dat": lambda r, m: [],
     "imagefolder_dat": _imagefolder,
     "imagefolder_dat_scratch": _imagefolder,
     "pets_dat": _root(lambda r: write_pets(r, [1, 2, 3], OXFORD_PETS_CLASSES)),
-    "flowers_dat": _flowers,
+    "flowers_dat": _root(lambda r: write_flowers(r, [1, 2, 3] * 3, {
+        "trnid": [1, 2, 3], "valid": [4, 5, 6], "tstid": [7, 8, 9]})),
     "food_dat": _root(lambda r: write_food(r, ["apple_pie", "pizza"])),
     "ade20k_upernet_dat": _root(lambda r: write_ade(r, per_split=2)),
     "ade20k_upernet_dat_pp": _root(lambda r: write_ade(r, per_split=2)),
