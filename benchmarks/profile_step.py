@@ -15,7 +15,7 @@ import timm
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import dat_lightning  # noqa: F401  (registers the DAT presets)
+import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets with timm)
 
 
 def profile_model(name: str, args: argparse.Namespace) -> dict[str, float]:
