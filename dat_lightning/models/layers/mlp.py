@@ -1,10 +1,86 @@
-"""Feed-forward layers of DAT (token MLP) and DAT++ (MLP with a depthwise convolution)."""
+"""Feed-forward layers of DAT (token MLP) and DAT++ (MLP with a depthwise convolution).
+
+Both MLPs end in ``activation -> linear``, where the activation is ``GELU(h)`` (DAT) or
+``GELU(h + dwc(h))`` (DAT++) of the hidden tokens ``h``. Training runs that tail through
+:func:`activation_linear`, which saves only ``h`` for backward and recomputes the (cheap,
+element-wise or depthwise) activation there, instead of storing both the activation's input and
+its output, each four times the width of the block. The results and gradients are those of the
+plain layers; only the hidden activations kept between forward and backward shrink.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
+
+
+def mlp_activation(h: torch.Tensor, dwc_weight: torch.Tensor | None,
+                   dwc_bias: torch.Tensor | None) -> torch.Tensor:
+    """``GELU(h)``, or with a depthwise kernel ``GELU(h + dwc(h))``; ``h`` is ``[B, H, W, C]``
+    (the 3x3 depthwise conv runs on its channels-first view, padding 1)."""
+    if dwc_weight is None:
+        return F.gelu(h)
+    x = h.permute(0, 3, 1, 2)
+    x = x + F.conv2d(x, dwc_weight, dwc_bias, padding=dwc_weight.shape[-1] // 2,
+                     groups=x.shape[1])
+    return F.gelu(x).permute(0, 2, 3, 1)
+
+
+class _RecomputedActivationLinear(torch.autograd.Function):
+    """``linear(mlp_activation(h, dwc_weight, dwc_bias), weight, bias)`` that saves ``h`` (and the
+    weights) only; backward recomputes the activation, under the forward's autocast state."""
+
+    @staticmethod
+    def forward(ctx, h, dwc_weight, dwc_bias, weight, bias):
+        device = h.device.type
+        ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+        ctx.save_for_backward(h, dwc_weight, dwc_bias, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(mlp_activation(h, dwc_weight, dwc_bias), weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, dwc_weight, dwc_bias, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        inputs = [t.detach().requires_grad_(need) if t is not None else None
+                  for t, need in zip((h, dwc_weight, dwc_bias), needs)]
+        enabled, dtype = ctx.autocast
+        with torch.enable_grad(), torch.autocast(h.device.type, dtype=dtype, enabled=enabled):
+            act = mlp_activation(*inputs)
+        grad2d = grad.reshape(-1, grad.shape[-1])
+        grad_weight = grad_bias = None
+        if needs[3]:
+            grad_weight = (grad2d.t() @ act.detach().reshape(-1, act.shape[-1]).to(grad.dtype))
+            grad_weight = grad_weight.to(weight.dtype)
+        if ctx.has_bias and needs[4]:
+            grad_bias = grad2d.sum(0).to(weight.dtype)
+        wanted = [t for t in inputs if t is not None and t.requires_grad]
+        grads = iter(torch.autograd.grad(act, wanted, grad @ weight.to(grad.dtype))
+                     if wanted else ())
+        grad_inputs = [next(grads) if t is not None and t.requires_grad else None
+                       for t in inputs]
+        return (*grad_inputs, grad_weight, grad_bias)
+
+
+@register_notrace_function
+def activation_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      dwc_weight: torch.Tensor | None = None,
+                      dwc_bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``linear(mlp_activation(h, dwc_weight, dwc_bias), weight, bias)`` on ``[B, H, W, C]``
+    tokens. When a gradient is needed, the activation is recomputed in backward rather than
+    stored (plain ops without gradients and under ``torch.jit`` tracing, e.g. the ONNX export)."""
+    tensors = (h, weight, bias, dwc_weight, dwc_bias)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                 for t in tensors)
+    if needs_grad and not torch.jit.is_tracing():
+        return _RecomputedActivationLinear.apply(h, dwc_weight, dwc_bias, weight, bias)
+    return F.linear(mlp_activation(h, dwc_weight, dwc_bias), weight, bias)
+
+
+torch.fx.wrap("activation_linear")
 
 
 class TransformerMLP(nn.Module):
@@ -20,7 +96,14 @@ class TransformerMLP(nn.Module):
         self.chunk.add_module("drop2", nn.Dropout(drop))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.chunk(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        """``[B, C, H, W]`` -> ``[B, C, H, W]`` (channels-last strides out)."""
+        c = self.chunk
+        h = c.linear1(x.permute(0, 2, 3, 1))
+        if self.training and c.drop1.p > 0:  # dropout between GELU and linear2: plain layers
+            y = c.linear2(c.drop1(c.act(h)))
+        else:
+            y = activation_linear(h, c.linear2.weight, c.linear2.bias)
+        return c.drop2(y).permute(0, 3, 1, 2)
 
 
 class ConvMLP(nn.Module):
@@ -44,8 +127,6 @@ class ConvMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, C, H, W]`` (channels-last strides out)."""
         fc1, fc2 = self.linear1[0], self.linear2[0]
-        x = F.linear(x.permute(0, 2, 3, 1), fc1.weight.flatten(1), fc1.bias)
-        x = self.drop1(x).permute(0, 3, 1, 2)
-        x = self.act(x + self.dwc(x))
-        x = F.linear(x.permute(0, 2, 3, 1), fc2.weight.flatten(1), fc2.bias)
-        return self.drop2(x).permute(0, 3, 1, 2)
+        h = self.drop1(F.linear(x.permute(0, 2, 3, 1), fc1.weight.flatten(1), fc1.bias))
+        y = activation_linear(h, fc2.weight.flatten(1), fc2.bias, self.dwc.weight, self.dwc.bias)
+        return self.drop2(y).permute(0, 3, 1, 2)

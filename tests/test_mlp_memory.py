@@ -1,0 +1,92 @@
+"""The MLP tail that recomputes its activation in backward (``activation_linear``): the same
+values and gradients as the plain layers, under autocast too, while saving only the hidden
+tokens."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dat_lightning.models.layers import ConvMLP, TransformerMLP
+from dat_lightning.models.layers.mlp import activation_linear
+
+
+def plain_tail(h, weight, bias, dwc_weight=None, dwc_bias=None):
+    """The textbook form: every intermediate kept by autograd."""
+    if dwc_weight is None:
+        return F.linear(F.gelu(h), weight, bias)
+    x = h.permute(0, 3, 1, 2)
+    x = F.gelu(x + F.conv2d(x, dwc_weight, dwc_bias, padding=1, groups=x.shape[1]))
+    return F.linear(x.permute(0, 2, 3, 1), weight, bias)
+
+
+def tail_inputs(dtype, with_dwc):
+    torch.manual_seed(0)
+    h = torch.randn(2, 5, 6, 8, dtype=dtype, requires_grad=True)
+    weight = torch.randn(3, 8, dtype=dtype, requires_grad=True)
+    bias = torch.randn(3, dtype=dtype, requires_grad=True)
+    dwc = (torch.randn(8, 1, 3, 3, dtype=dtype, requires_grad=True),
+           torch.randn(8, dtype=dtype, requires_grad=True)) if with_dwc else ()
+    return (h, weight, bias, *dwc)
+
+
+@pytest.mark.parametrize("with_dwc", [False, True], ids=["gelu", "dwc-gelu"])
+def test_activation_linear_gradcheck(with_dwc):
+    assert torch.autograd.gradcheck(activation_linear, tail_inputs(torch.float64, with_dwc))
+
+
+def hidden_saves(tail, inputs) -> int:
+    """Distinct storages of the hidden tokens' size that ``tail`` saves for backward."""
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        tail(*inputs)
+    params = {t.data_ptr() for t in inputs[1:]}
+    return len({t.data_ptr() for t in saved
+                if t.data_ptr() not in params and t.numel() == inputs[0].numel()})
+
+
+@pytest.mark.parametrize("with_dwc", [False, True], ids=["gelu", "dwc-gelu"])
+def test_activation_linear_saves_only_hidden_tokens(with_dwc):
+    inputs = tail_inputs(torch.float32, with_dwc)
+    assert hidden_saves(activation_linear, inputs) == 1
+    assert hidden_saves(plain_tail, inputs) == 2 + with_dwc  # input and output of GELU (+ sum)
+
+
+@pytest.mark.parametrize("with_dwc", [False, True], ids=["gelu", "dwc-gelu"])
+def test_activation_linear_matches_plain_under_bf16_autocast(with_dwc):
+    """Autocast is restored for the recomputation, so the bf16 results and gradients are the
+    plain layers' ones."""
+    results = []
+    for tail in (activation_linear, plain_tail):
+        inputs = tail_inputs(torch.float32, with_dwc)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = tail(*inputs)
+        out.float().square().sum().backward()
+        results.append((out, [t.grad for t in inputs]))
+    (out, grads), (ref_out, ref_grads) = results
+    assert out.dtype == ref_out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, ref_out)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == want.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=2e-2 * want.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("mlp", [TransformerMLP, ConvMLP])
+def test_mlps_equal_their_plain_layers(mlp):
+    """Module level: output and parameter gradients as computed by the layers themselves."""
+    torch.manual_seed(0)
+    layer = mlp(8, expansion=2).double()
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    if mlp is TransformerMLP:
+        c = layer.chunk
+        ref = c.linear2(c.act(c.linear1(x.permute(0, 2, 3, 1)))).permute(0, 3, 1, 2)
+    else:
+        h = layer.linear1(x)
+        ref = layer.linear2(layer.act(h + layer.dwc(h)))
+    ref_grads = torch.autograd.grad(ref.square().sum(), list(layer.parameters()))
+    out = layer(x)
+    grads = torch.autograd.grad(out.square().sum(), list(layer.parameters()))
+    torch.testing.assert_close(out, ref)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
