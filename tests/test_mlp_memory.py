@@ -23,11 +23,11 @@ def plain_tail(h, weight, bias, dwc_weight=None, dwc_bias=None):
 
 def tail_inputs(dtype, with_dwc):
     torch.manual_seed(0)
-    h = torch.randn(2, 5, 6, 8, dtype=dtype, requires_grad=True)
-    weight = torch.randn(3, 8, dtype=dtype, requires_grad=True)
+    h = torch.randn(1, 4, 5, 6, dtype=dtype, requires_grad=True)
+    weight = torch.randn(3, 6, dtype=dtype, requires_grad=True)
     bias = torch.randn(3, dtype=dtype, requires_grad=True)
-    dwc = (torch.randn(8, 1, 3, 3, dtype=dtype, requires_grad=True),
-           torch.randn(8, dtype=dtype, requires_grad=True)) if with_dwc else ()
+    dwc = (torch.randn(6, 1, 3, 3, dtype=dtype, requires_grad=True),
+           torch.randn(6, dtype=dtype, requires_grad=True)) if with_dwc else ()
     return (h, weight, bias, *dwc)
 
 

@@ -20,7 +20,7 @@ from timm.layers import register_notrace_function
 def mlp_activation(h: torch.Tensor, dwc_weight: torch.Tensor | None,
                    dwc_bias: torch.Tensor | None) -> torch.Tensor:
     """``GELU(h)``, or with a depthwise kernel ``GELU(h + dwc(h))``; ``h`` is ``[B, H, W, C]``
-    (the 3x3 depthwise conv runs on its channels-first view, padding 1)."""
+    (the depthwise conv runs on its channels-first view, "same" padding)."""
     if dwc_weight is None:
         return F.gelu(h)
     x = h.permute(0, 3, 1, 2)
@@ -31,12 +31,12 @@ def mlp_activation(h: torch.Tensor, dwc_weight: torch.Tensor | None,
 
 class _RecomputedActivationLinear(torch.autograd.Function):
     """``linear(mlp_activation(h, dwc_weight, dwc_bias), weight, bias)`` that saves ``h`` (and the
-    weights) only; backward recomputes the activation, under the forward's autocast state."""
+    weights) only. Backward recomputes the activation in ``h``'s dtype (what autocast ran it in)
+    and applies the GELU and convolution backward ops directly (no ``torch.autograd.grad``, so
+    ``torch.compile`` traces it without a graph break)."""
 
     @staticmethod
     def forward(ctx, h, dwc_weight, dwc_bias, weight, bias):
-        device = h.device.type
-        ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         ctx.save_for_backward(h, dwc_weight, dwc_bias, weight)
         ctx.has_bias = bias is not None
         return F.linear(mlp_activation(h, dwc_weight, dwc_bias), weight, bias)
@@ -45,24 +45,38 @@ class _RecomputedActivationLinear(torch.autograd.Function):
     def backward(ctx, grad):
         h, dwc_weight, dwc_bias, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        inputs = [t.detach().requires_grad_(need) if t is not None else None
-                  for t, need in zip((h, dwc_weight, dwc_bias), needs)]
-        enabled, dtype = ctx.autocast
-        with torch.enable_grad(), torch.autocast(h.device.type, dtype=dtype, enabled=enabled):
-            act = mlp_activation(*inputs)
+        if dwc_weight is None:
+            pre = h  # GELU's input
+        else:
+            x = h.permute(0, 3, 1, 2)
+            kernel = dwc_weight.to(h.dtype)
+            pad = dwc_weight.shape[-1] // 2
+            pre = x + F.conv2d(x, kernel, None if dwc_bias is None else dwc_bias.to(h.dtype),
+                               padding=pad, groups=x.shape[1])
+            pre = pre.permute(0, 2, 3, 1)
+        act = F.gelu(pre)
         grad2d = grad.reshape(-1, grad.shape[-1])
-        grad_weight = grad_bias = None
+        grad_weight = grad_bias = grad_dwc_weight = grad_dwc_bias = None
         if needs[3]:
-            grad_weight = (grad2d.t() @ act.detach().reshape(-1, act.shape[-1]).to(grad.dtype))
+            grad_weight = grad2d.t() @ act.reshape(-1, act.shape[-1]).to(grad.dtype)
             grad_weight = grad_weight.to(weight.dtype)
         if ctx.has_bias and needs[4]:
             grad_bias = grad2d.sum(0).to(weight.dtype)
-        wanted = [t for t in inputs if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad(act, wanted, grad @ weight.to(grad.dtype))
-                     if wanted else ())
-        grad_inputs = [next(grads) if t is not None and t.requires_grad else None
-                       for t in inputs]
-        return (*grad_inputs, grad_weight, grad_bias)
+        grad_pre = torch.ops.aten.gelu_backward(
+            (grad @ weight.to(grad.dtype)).to(pre.dtype), pre)
+        if dwc_weight is None:
+            return grad_pre, None, None, grad_weight, grad_bias
+        grad_map = grad_pre.permute(0, 3, 1, 2)
+        grad_x, grad_dwc_weight, grad_dwc_bias = torch.ops.aten.convolution_backward(
+            grad_map, x, kernel, None if dwc_bias is None else list(dwc_bias.shape),
+            [1, 1], [pad, pad], [1, 1], False, [0, 0], x.shape[1],
+            [needs[0], needs[1], dwc_bias is not None and needs[2]])
+        grad_h = (grad_map + grad_x).permute(0, 2, 3, 1) if needs[0] else None
+        if grad_dwc_weight is not None:
+            grad_dwc_weight = grad_dwc_weight.to(dwc_weight.dtype)
+        if grad_dwc_bias is not None:
+            grad_dwc_bias = grad_dwc_bias.to(dwc_bias.dtype)
+        return grad_h, grad_dwc_weight, grad_dwc_bias, grad_weight, grad_bias
 
 
 @register_notrace_function
