@@ -6,9 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_dat_kwargs
+from lightning.pytorch import Trainer, seed_everything
+from torch._dynamo.testing import CompileCounter
+from toy_data import NUM_CLASSES, toy_loader
 
 from dat_lightning.callbacks.compile import CompileBackbone
 from dat_lightning.models import DAT
+from dat_lightning.tasks import ClassificationTask
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +30,33 @@ def test_backbone_compiles_to_one_graph_in_training(generation, one_thread):
     explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_compile_callback_does_not_recompile_for_new_batch_or_image_sizes(one_thread):
+    """DAT (v1) blocks, dynamic shapes. Fitting (batches of 3 and a last one of 2, validation in
+    eval mode) compiles at most two graphs (the first is specialised to its batch size, the change
+    makes dynamo's graph symbolic); the first larger image size adds one (a 32 px input reaches
+    stage 4 at 1 px, which the down-sampling pads: a guard on that size). After that, new batch
+    sizes and new image sizes reuse the graphs. DAT++'s neighborhood blocks recompile per number of attention
+    tiles, and batch size 1 is specialised by torch (not tested)."""
+    seed_everything(0)
+    task = ClassificationTask(num_classes=NUM_CLASSES, backbone="dat_tiny",
+                              backbone_kwargs=tiny_dat_kwargs("v1", NUM_CLASSES))
+    names = list(task.state_dict())
+    counter = CompileCounter()
+    callback = CompileBackbone(backend=counter)
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, max_epochs=1,
+                      callbacks=[callback], limit_val_batches=1)
+    trainer.fit(task, toy_loader(8, batch_size=3), toy_loader(4, seed=1))
+    assert callback.compiled == ["model"]
+    assert list(task.state_dict()) == names  # compiled in place: checkpoint keys unchanged
+    after_fit = counter.frame_count
+    assert 1 <= after_fit <= 2
+    task.train()
+    for shape in ((5, 3, 32, 32), (2, 3, 64, 96), (3, 3, 96, 128), (4, 3, 64, 160)):
+        task(torch.randn(shape)).sum().backward()
+        assert counter.frame_count == after_fit + (shape[2] != 32), shape
 
 
 def test_compile_callback_errors():

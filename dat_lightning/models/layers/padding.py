@@ -35,9 +35,20 @@ def pad_bottom_right(x: torch.Tensor, multiple: int = 1, minimum: int = 1,
     ``channels_last``) at the bottom/right so that each is a multiple of ``multiple`` and at least
     ``minimum``; ``x`` itself when no padding is needed."""
     h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
-    pad_h = size_max(minimum - h, 0) + (-size_max(h, minimum)) % multiple
-    pad_w = size_max(minimum - w, 0) + (-size_max(w, minimum)) % multiple
+    pad_h, pad_w = _pad_amount(h, multiple, minimum), _pad_amount(w, multiple, minimum)
     if not torch.compiler.is_compiling() and not (pad_h or pad_w):  # compiling: sizes symbolic
         return x
     return F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
 
+
+def _pad_amount(size: int, multiple: int, minimum: int) -> int:
+    """Padding that makes ``size`` at least ``minimum`` and then a multiple of ``multiple``.
+
+    While compiling, ``size < minimum`` becomes a guard (or is decided by the size's range under
+    ``torch.export``) rather than a symbolic ``max``, and a multiple of 1 adds nothing: nested
+    ``Max``/``Mod`` expressions compound from stage to stage and made dynamo's symbolic-shape
+    reasoning take minutes per new input size."""
+    pad = minimum - size if minimum > 1 and size < minimum else 0
+    if multiple > 1:
+        pad = pad + (-(size + pad)) % multiple
+    return pad
