@@ -23,8 +23,9 @@ import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets wi
 
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, mode: str, dtype: torch.dtype):
-    """A closure running one forward (no grad, eval) or train (forward + backward) step."""
-    autocast = torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+    """A closure running one forward (no grad, eval) or train (forward + backward, gradients
+    dropped) step, under autocast on ``x``'s device when ``dtype`` is not fp32."""
+    autocast = torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32)
     model.train(mode == "train")
 
     def step() -> None:

@@ -61,17 +61,9 @@ def measure(model_name: str, mode: str, args: argparse.Namespace) -> dict:
         graph_breaks = torch._dynamo.explain(model)(x).graph_break_count
         torch._dynamo.reset()
         model = torch.compile(model)
-    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+    from interleaved_throughput import make_step  # same step as the interleaved benchmark
 
-    def step() -> None:
-        with autocast:
-            if mode == "forward":
-                with torch.no_grad():
-                    model(x)
-            else:
-                model(x).float().square().mean().backward()
-
-    model.train(mode == "train")
+    step = make_step(model, x, mode, dtype)
     base_rss = _rss_mib()  # model and input resident; peak is measured above this
     start = time.perf_counter()
     step()  # the first step compiles with --compile
