@@ -37,8 +37,8 @@ def test_compile_callback_does_not_recompile_for_new_batch_or_image_sizes(one_th
     eval mode) compiles at most two graphs (the first is specialised to its batch size, the change
     makes dynamo's graph symbolic); the first larger image size adds one (a 32 px input reaches
     stage 4 at 1 px, which the down-sampling pads: a guard on that size). After that, new batch
-    sizes and new image sizes reuse the graphs. DAT++'s neighborhood blocks recompile per number of attention
-    tiles, and batch size 1 is specialised by torch (not tested)."""
+    sizes and new image sizes reuse the graphs. DAT++'s neighborhood blocks recompile per number
+    of attention tiles, and batch size 1 is specialised by torch (not tested)."""
     seed_everything(0)
     task = ClassificationTask(num_classes=NUM_CLASSES, backbone="dat_tiny",
                               backbone_kwargs=tiny_dat_kwargs("v1", NUM_CLASSES))

@@ -55,8 +55,8 @@ def test_activation_linear_saves_only_hidden_tokens(with_dwc):
 
 @pytest.mark.parametrize("with_dwc", [False, True], ids=["gelu", "dwc-gelu"])
 def test_activation_linear_matches_plain_under_bf16_autocast(with_dwc):
-    """Autocast is restored for the recomputation, so the bf16 results and gradients are the
-    plain layers' ones."""
+    """The recomputation runs in the hidden tokens' dtype (what autocast chose in forward), so
+    the bf16 results and gradients are the plain layers' ones."""
     results = []
     for tail in (activation_linear, plain_tail):
         inputs = tail_inputs(torch.float32, with_dwc)

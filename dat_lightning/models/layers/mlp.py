@@ -17,16 +17,22 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
 
+def _gelu_input(h: torch.Tensor, dwc_weight: torch.Tensor | None,
+                dwc_bias: torch.Tensor | None) -> torch.Tensor:
+    """``h``, or with a depthwise kernel ``h + dwc(h)`` (the conv runs on the channels-first view
+    of the ``[B, H, W, C]`` tokens, "same" padding, in ``h``'s dtype)."""
+    if dwc_weight is None:
+        return h
+    x = h.permute(0, 3, 1, 2)
+    x = x + F.conv2d(x, dwc_weight.to(h.dtype), None if dwc_bias is None else dwc_bias.to(h.dtype),
+                     padding=dwc_weight.shape[-1] // 2, groups=x.shape[1])
+    return x.permute(0, 2, 3, 1)
+
+
 def mlp_activation(h: torch.Tensor, dwc_weight: torch.Tensor | None,
                    dwc_bias: torch.Tensor | None) -> torch.Tensor:
-    """``GELU(h)``, or with a depthwise kernel ``GELU(h + dwc(h))``; ``h`` is ``[B, H, W, C]``
-    (the depthwise conv runs on its channels-first view, "same" padding)."""
-    if dwc_weight is None:
-        return F.gelu(h)
-    x = h.permute(0, 3, 1, 2)
-    x = x + F.conv2d(x, dwc_weight, dwc_bias, padding=dwc_weight.shape[-1] // 2,
-                     groups=x.shape[1])
-    return F.gelu(x).permute(0, 2, 3, 1)
+    """``GELU(h)``, or with a depthwise kernel ``GELU(h + dwc(h))``; ``h`` is ``[B, H, W, C]``."""
+    return F.gelu(_gelu_input(h, dwc_weight, dwc_bias))
 
 
 class _RecomputedActivationLinear(torch.autograd.Function):
@@ -45,15 +51,7 @@ class _RecomputedActivationLinear(torch.autograd.Function):
     def backward(ctx, grad):
         h, dwc_weight, dwc_bias, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        if dwc_weight is None:
-            pre = h  # GELU's input
-        else:
-            x = h.permute(0, 3, 1, 2)
-            kernel = dwc_weight.to(h.dtype)
-            pad = dwc_weight.shape[-1] // 2
-            pre = x + F.conv2d(x, kernel, None if dwc_bias is None else dwc_bias.to(h.dtype),
-                               padding=pad, groups=x.shape[1])
-            pre = pre.permute(0, 2, 3, 1)
+        pre = _gelu_input(h, dwc_weight, dwc_bias)  # recomputed in h's dtype, as in forward
         act = F.gelu(pre)
         grad2d = grad.reshape(-1, grad.shape[-1])
         grad_weight = grad_bias = grad_dwc_weight = grad_dwc_bias = None
@@ -66,9 +64,10 @@ class _RecomputedActivationLinear(torch.autograd.Function):
             (grad @ weight.to(grad.dtype)).to(pre.dtype), pre)
         if dwc_weight is None:
             return grad_pre, None, None, grad_weight, grad_bias
-        grad_map = grad_pre.permute(0, 3, 1, 2)
+        grad_map, x = grad_pre.permute(0, 3, 1, 2), h.permute(0, 3, 1, 2)
+        pad = dwc_weight.shape[-1] // 2
         grad_x, grad_dwc_weight, grad_dwc_bias = torch.ops.aten.convolution_backward(
-            grad_map, x, kernel, None if dwc_bias is None else list(dwc_bias.shape),
+            grad_map, x, dwc_weight.to(h.dtype), None if dwc_bias is None else list(dwc_bias.shape),
             [1, 1], [pad, pad], [1, 1], False, [0, 0], x.shape[1],
             [needs[0], needs[1], dwc_bias is not None and needs[2]])
         grad_h = (grad_map + grad_x).permute(0, 2, 3, 1) if needs[0] else None

@@ -5,9 +5,10 @@ decided in Python. :func:`pad_bottom_right` is therefore a leaf of FX graphs (ti
 ``register_notrace_function`` for timm's feature extraction, ``torch.fx.wrap("pad_bottom_right")``
 in each calling module for plain ``torch.fx.symbolic_trace``): it runs eagerly
 with the real sizes every time the traced graph is called. Callers crop back with ``x[..., :H, :W]``,
-which is a no-op view when nothing was padded. While compiling (``torch.export``) sizes may be
-symbolic: the padding is then applied unconditionally (possibly by zero) and :func:`size_max` /
-:func:`size_min` keep the arithmetic symbolic instead of branching on it.
+which is a no-op view when nothing was padded. While compiling (``torch.compile``,
+``torch.export``) sizes may be symbolic: the padding is then applied unconditionally (possibly by
+zero), its amount branches only on ``size < minimum`` (a guard), and :func:`size_max` /
+:func:`size_min` keep the callers' other size arithmetic symbolic instead of branching on it.
 """
 
 from __future__ import annotations
