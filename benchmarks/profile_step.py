@@ -2,9 +2,9 @@
 
     python benchmarks/profile_step.py --models swin_tiny_patch4_window7_224 dat_tiny --top 15
 
-Each model runs ``--warmup`` untimed steps, then one step under ``torch.profiler``; the table lists
-the ops with the largest self CPU time summed over the models, in ms and as a share of each
-model's step, so the extra time of one model over another can be read op by op.
+Each model runs ``--warmup`` untimed steps, then ``--steps`` steps under ``torch.profiler``; the
+table lists the ops with the largest self CPU time (per step) summed over the models, in ms and as
+a share of each model's step, so the extra time of one model over another can be read op by op.
 """
 
 from __future__ import annotations
@@ -13,29 +13,24 @@ import argparse
 
 import timm
 import torch
+from interleaved_throughput import make_step  # the step the throughput figures time
 from torch.profiler import ProfilerActivity, profile
 
 import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets with timm)
 
 
 def profile_model(name: str, args: argparse.Namespace) -> dict[str, float]:
-    """Self CPU time (ms) per op of one step of ``name``."""
+    """Self CPU time (ms) per op of one step of ``name`` (mean over ``--steps`` profiled steps)."""
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=1000).train(args.mode == "train")
+    model = timm.create_model(name, num_classes=1000)
     x = torch.randn(args.batch, 3, args.size, args.size)
-
-    def step() -> None:
-        if args.mode == "train":
-            model(x).square().mean().backward()
-        else:
-            with torch.no_grad():
-                model(x)
-
+    step = make_step(model, x, args.mode, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     for _ in range(args.warmup):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step()
-    return {e.key: e.self_cpu_time_total / 1000 for e in prof.key_averages()}
+        for _ in range(args.steps):
+            step()
+    return {e.key: e.self_cpu_time_total / 1000 / args.steps for e in prof.key_averages()}
 
 
 def main() -> None:
@@ -45,7 +40,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=1, help="profiled steps (averaged)")
     parser.add_argument("--top", type=int, default=20)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -53,7 +50,7 @@ def main() -> None:
     totals = {name: sum(t.values()) for name, t in times.items()}
     ops = sorted({op for t in times.values() for op in t},
                  key=lambda op: -sum(t.get(op, 0.0) for t in times.values()))[:args.top]
-    print(f"\n{args.mode} step, batch {args.batch} at {args.size}, {args.threads} threads; "
+    print(f"\n{args.mode} step, batch {args.batch} at {args.size}, {args.dtype}, {args.threads} threads; "
           "self CPU ms (share of the model's step)\n")
     print("| op | " + " | ".join(args.models) + " |")
     print("|" + " --- |" * (1 + len(args.models)))

@@ -14,6 +14,10 @@ from test_backbone_fixtures import STRICT_FIXTURES, load_fixture
 from test_detection import SMALL_DETECTOR, collate, rectangle_samples
 from torch.utils.data import DataLoader
 
+from dat_lightning.models.layers.deformable_attention import (
+    DeformableAttention,
+    _offset_depthwise_conv,
+)
 from dat_lightning.tasks.detection import ObjectDetectionTask
 
 #: bf16 tolerance on the logits: |got - exp| <= BF16_TOL * (max|exp| + |exp|). bf16 keeps 8
@@ -52,3 +56,28 @@ def test_detection_fit_bf16_mixed(detector):
     assert "val_map" in trainer.callback_metrics
     assert all(p.dtype == torch.float32 for p in task.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(start, task.parameters()))
+
+
+def test_offset_conv_runs_in_fp32_under_cpu_autocast():
+    """The offset network's depthwise conv leaves bf16 under CPU autocast (oneDNN's bf16
+    depthwise kernels are several times slower there) and computes exactly the fp32 conv of the
+    bf16 queries; gradients reach the bf16 queries and the fp32 weights."""
+    block = DeformableAttention(dim=32, heads=4, groups=2, fmap_size=(8, 8), stride=2, ksize=5,
+                                generation="pp")
+    dwc = block.conv_offset[0]
+    weight, bias = dwc.weight.repeat(2, 1, 1, 1), dwc.bias.repeat(2)
+    q = torch.randn(2, 32, 8, 8).to(torch.bfloat16).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _offset_depthwise_conv(q, weight, bias, dwc.stride, dwc.padding)
+        plain = torch.nn.functional.conv2d(q, weight, bias, dwc.stride, dwc.padding, groups=32)
+    assert plain.dtype == torch.bfloat16  # what autocast alone would run
+    assert out.dtype == torch.float32
+    exact = torch.nn.functional.conv2d(q.detach().float(), weight, bias, dwc.stride, dwc.padding,
+                                       groups=32)
+    assert torch.equal(out.detach(), exact)
+    out.square().sum().backward()
+    assert q.grad.dtype == torch.bfloat16 and torch.isfinite(q.grad).all()
+    assert dwc.weight.grad.dtype == torch.float32 and dwc.weight.grad.abs().sum() > 0
+    without = _offset_depthwise_conv(q.detach(), weight.to(torch.bfloat16),
+                                     bias.to(torch.bfloat16), dwc.stride, dwc.padding)
+    assert without.dtype == torch.bfloat16  # outside autocast the input's dtype is kept

@@ -233,6 +233,26 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
 
 
 
+@register_notrace_function
+def _offset_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                           stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """The offset network's depthwise convolution of the ``[B, C, H, W]`` queries.
+
+    Under CPU autocast it runs in fp32: oneDNN's bf16 depthwise kernels with these large kernels
+    and strides are 3-13x slower on the CPU than fp32 ones, forward and backward (measured in
+    ``benchmarks/RESULTS.md``), and the tensor is small, so the casts cost little. The output is
+    fp32 there; the LayerNorm after it computes in fp32 anyway.
+    """
+    if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.conv2d(x.float(), weight.float(), bias.float(), stride, padding,
+                            groups=x.shape[1])
+    return F.conv2d(x, weight, bias, stride, padding, groups=x.shape[1])
+
+
+torch.fx.wrap("_offset_depthwise_conv")
+
+
 class DeformableAttention(nn.Module):
     """Deformable multi-head attention over a ``[B, C, H, W]`` map.
 
@@ -302,10 +322,11 @@ class DeformableAttention(nn.Module):
         repeated per group) followed by token-wise LayerNorm/GELU/linear, so the queries are never
         regrouped channels-first; the arithmetic per channel is that of ``conv_offset``.
         """
-        B, _, _, C = q.shape
+        B = q.shape[0]
         dwc, norm, act, pwc = self.conv_offset
-        offset = F.conv2d(q.permute(0, 3, 1, 2), dwc.weight.repeat(self.groups, 1, 1, 1),
-                          dwc.bias.repeat(self.groups), dwc.stride, dwc.padding, groups=C)
+        offset = _offset_depthwise_conv(q.permute(0, 3, 1, 2),
+                                        dwc.weight.repeat(self.groups, 1, 1, 1),
+                                        dwc.bias.repeat(self.groups), dwc.stride, dwc.padding)
         hk, wk = offset.shape[2], offset.shape[3]
         offset = offset.permute(0, 2, 3, 1).reshape(B, hk, wk, self.groups, self.group_channels)
         offset = act(F.layer_norm(offset, norm.norm.normalized_shape, norm.norm.weight,
