@@ -1,14 +1,17 @@
 """The MLP tail that recomputes its activation in backward (``activation_linear``): the same
 values and gradients as the plain layers, under autocast too, while saving only the hidden
-tokens."""
+tokens; and DAT++'s residual depthwise convolution (``residual_depthwise_conv``), which folds the
+residual into the kernel in full precision."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from dat_lightning.models.layers import ConvMLP, TransformerMLP
+from dat_lightning.models.layers.conv import fuses_residual, residual_depthwise_conv
 from dat_lightning.models.layers.mlp import activation_linear
 
 
@@ -90,3 +93,57 @@ def test_mlps_equal_their_plain_layers(mlp):
     torch.testing.assert_close(out, ref)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want)
+
+
+class MapSizedAdds(TorchDispatchMode):
+    """Counts element-wise adds whose output has ``numel`` elements (the size of the map)."""
+
+    def __init__(self, numel: int) -> None:
+        super().__init__()
+        self.numel, self.count = numel, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket in (torch.ops.aten.add, torch.ops.aten.add_) and \
+                isinstance(out, torch.Tensor) and out.numel() == self.numel:
+            self.count += 1
+        return out
+
+
+def residual_inputs(dtype):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 5, 7, dtype=dtype, requires_grad=True)
+    weight = torch.randn(6, 1, 3, 3, dtype=dtype, requires_grad=True)
+    bias = torch.randn(6, dtype=dtype, requires_grad=True)
+    return x, weight, bias
+
+
+def test_residual_depthwise_conv_folds_the_residual_in_full_precision():
+    """``x + dwc(x)`` runs as one convolution with an identity centre tap in fp32/fp64: the same
+    values and gradients, and no add over the map in forward or backward."""
+    x, weight, bias = residual_inputs(torch.float64)
+    assert fuses_residual(x)
+    assert torch.autograd.gradcheck(residual_depthwise_conv, (x, weight, bias))
+    explicit = x + F.conv2d(x, weight, bias, padding=1, groups=6)
+    torch.testing.assert_close(residual_depthwise_conv(x, weight, bias), explicit)
+    for fuse, adds in ((True, 0), (False, 2)):  # unfused: the forward sum, the gradient sum
+        with MapSizedAdds(x.numel()) as mode:
+            torch.autograd.grad(residual_depthwise_conv(x, weight, bias, fuse).sum(),
+                                (x, weight, bias))
+        assert mode.count == adds
+
+
+def test_residual_depthwise_conv_keeps_the_sum_in_reduced_precision():
+    """Under autocast or on bf16 maps the residual stays an explicit sum, as the plain layers
+    compute it (``1 + w`` in bf16 would round the centre weight)."""
+    x, weight, bias = residual_inputs(torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not fuses_residual(x)
+        out = residual_depthwise_conv(x, weight, bias)
+        plain = x + F.conv2d(x, weight, bias, padding=1, groups=6)
+    assert torch.equal(out, plain)
+    x16 = x.detach().to(torch.bfloat16)
+    assert not fuses_residual(x16)
+    assert torch.equal(residual_depthwise_conv(x16, weight, bias),
+                       x16 + F.conv2d(x16, weight.to(x16.dtype), bias.to(x16.dtype), padding=1,
+                                      groups=6))

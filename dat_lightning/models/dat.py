@@ -35,6 +35,7 @@ from .layers import (
     TransformerMLP,
     WindowAttention,
 )
+from .layers.conv import residual_depthwise_conv
 from .layers.padding import pad_bottom_right
 
 __all__ = ["DAT", "GLOBAL_POOLS", "NO_DECAY_KEYWORDS", "DATFeatures", "DATStage", "dat_layer_id"]
@@ -144,7 +145,8 @@ class DATStage(nn.Module):
 
     def _block(self, d: int, x: torch.Tensor) -> torch.Tensor:
         if self.local_perception_units is not None:
-            x = x + self.local_perception_units[d](x)
+            lpu = self.local_perception_units[d]
+            x = residual_depthwise_conv(x, lpu.weight, lpu.bias)
         y = self.attns[d](self.layer_norms[2 * d](x))
         if self.layer_scales is not None:
             y = self.layer_scales[2 * d](y)

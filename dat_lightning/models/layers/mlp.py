@@ -16,17 +16,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
+from .conv import fuses_residual, residual_depthwise_conv, with_identity_tap
+
 
 def _gelu_input(h: torch.Tensor, dwc_weight: torch.Tensor | None,
-                dwc_bias: torch.Tensor | None) -> torch.Tensor:
-    """``h``, or with a depthwise kernel ``h + dwc(h)`` (the conv runs on the channels-first view
-    of the ``[B, H, W, C]`` tokens, "same" padding, in ``h``'s dtype)."""
+                dwc_bias: torch.Tensor | None, fuse: bool | None = None) -> torch.Tensor:
+    """``h``, or with a depthwise kernel ``h + dwc(h)`` (on the channels-first view of the
+    ``[B, H, W, C]`` tokens; see :func:`~dat_lightning.models.layers.conv.residual_depthwise_conv`
+    for ``fuse``)."""
     if dwc_weight is None:
         return h
-    x = h.permute(0, 3, 1, 2)
-    x = x + F.conv2d(x, dwc_weight.to(h.dtype), None if dwc_bias is None else dwc_bias.to(h.dtype),
-                     padding=dwc_weight.shape[-1] // 2, groups=x.shape[1])
-    return x.permute(0, 2, 3, 1)
+    return residual_depthwise_conv(h.permute(0, 3, 1, 2), dwc_weight, dwc_bias,
+                                   fuse).permute(0, 2, 3, 1)
 
 
 def mlp_activation(h: torch.Tensor, dwc_weight: torch.Tensor | None,
@@ -37,21 +38,23 @@ def mlp_activation(h: torch.Tensor, dwc_weight: torch.Tensor | None,
 
 class _RecomputedActivationLinear(torch.autograd.Function):
     """``linear(mlp_activation(h, dwc_weight, dwc_bias), weight, bias)`` that saves ``h`` (and the
-    weights) only. Backward recomputes the activation in ``h``'s dtype (what autocast ran it in)
-    and applies the GELU and convolution backward ops directly (no ``torch.autograd.grad``, so
-    ``torch.compile`` traces it without a graph break)."""
+    weights) only. Backward recomputes the activation as the forward ran it (in ``h``'s dtype,
+    the residual folded into the kernel or not) and applies the GELU and convolution backward
+    ops directly (no ``torch.autograd.grad``, so ``torch.compile`` traces it without a graph
+    break)."""
 
     @staticmethod
     def forward(ctx, h, dwc_weight, dwc_bias, weight, bias):
         ctx.save_for_backward(h, dwc_weight, dwc_bias, weight)
         ctx.has_bias = bias is not None
+        ctx.fuse = fuses_residual(h)
         return F.linear(mlp_activation(h, dwc_weight, dwc_bias), weight, bias)
 
     @staticmethod
     def backward(ctx, grad):
         h, dwc_weight, dwc_bias, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        pre = _gelu_input(h, dwc_weight, dwc_bias)  # recomputed in h's dtype, as in forward
+        pre = _gelu_input(h, dwc_weight, dwc_bias, ctx.fuse)
         act = F.gelu(pre)
         grad2d = grad.reshape(-1, grad.shape[-1])
         grad_weight = grad_bias = grad_dwc_weight = grad_dwc_bias = None
@@ -65,12 +68,16 @@ class _RecomputedActivationLinear(torch.autograd.Function):
         if dwc_weight is None:
             return grad_pre, None, None, grad_weight, grad_bias
         grad_map, x = grad_pre.permute(0, 3, 1, 2), h.permute(0, 3, 1, 2)
+        kernel = dwc_weight.to(h.dtype)
         pad = dwc_weight.shape[-1] // 2
         grad_x, grad_dwc_weight, grad_dwc_bias = torch.ops.aten.convolution_backward(
-            grad_map, x, dwc_weight.to(h.dtype), None if dwc_bias is None else list(dwc_bias.shape),
+            grad_map, x, with_identity_tap(kernel) if ctx.fuse else kernel,
+            None if dwc_bias is None else list(dwc_bias.shape),
             [1, 1], [pad, pad], [1, 1], False, [0, 0], x.shape[1],
             [needs[0], needs[1], dwc_bias is not None and needs[2]])
-        grad_h = (grad_map + grad_x).permute(0, 2, 3, 1) if needs[0] else None
+        grad_h = None
+        if needs[0]:  # the identity tap (fused) or the residual branch carries grad_map itself
+            grad_h = (grad_x if ctx.fuse else grad_map + grad_x).permute(0, 2, 3, 1)
         if grad_dwc_weight is not None:
             grad_dwc_weight = grad_dwc_weight.to(dwc_weight.dtype)
         if grad_dwc_bias is not None:
