@@ -4,10 +4,12 @@ that load and allocator caching cannot disturb.
     python benchmarks/saved_activations.py
     python benchmarks/saved_activations.py --models dat_tiny --grad-checkpointing
 
-Counts the unique storages handed to ``torch.autograd.graph.saved_tensors_hooks`` (parameters
-excluded), so a tensor saved by several ops counts once. With ``--grad-checkpointing`` the figure
-is what stays saved between forward and backward (the recomputed blocks' activations exist only
-one block at a time during backward).
+Two counts: the unique storages handed to ``torch.autograd.graph.saved_tensors_hooks``
+(parameters excluded), so a tensor saved by several ops counts once; and, as a cross-check that
+also sees what a checkpoint keeps for its recomputation, the bytes the CPU allocator still holds
+after the forward (``torch.profiler`` memory events), less the output. With
+``--grad-checkpointing`` the figures are what stays saved between forward and backward (the
+recomputed blocks' activations exist only one block at a time during backward).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 
 import timm
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets with timm)
 
@@ -37,6 +40,14 @@ def saved_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
     return sum(storages.values()) / 2**20
 
 
+def alive_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """MiB that the allocator still holds after ``model(x)`` (the output excluded)."""
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = model(x)
+    allocated = sum(e.self_cpu_memory_usage for e in prof.key_averages())
+    return (allocated - out.untyped_storage().nbytes()) / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+",
@@ -53,14 +64,14 @@ def main() -> None:
         model = timm.create_model(name, num_classes=1000).train()
         if args.grad_checkpointing:
             model.set_grad_checkpointing(True)
-        rows.append((name, saved_mib(model, x)))
-    ref = rows[0][1]
+        rows.append((name, saved_mib(model, x), alive_mib(model, x)))
+    ref, ref_alive = rows[0][1], rows[0][2]
     print(f"\nsaved for backward, batch {args.batch} at {args.size}, fp32"
           + (", gradient checkpointing" if args.grad_checkpointing else "") + "\n")
-    print("| model | saved MiB | x ref |")
-    print("| --- | --- | --- |")
-    for name, mib in rows:
-        print(f"| {name} | {mib:.0f} | {mib / ref:.2f} |")
+    print("| model | saved MiB | x ref | alive after forward MiB | x ref |")
+    print("| --- | --- | --- | --- | --- |")
+    for name, mib, alive in rows:
+        print(f"| {name} | {mib:.0f} | {mib / ref:.2f} | {alive:.0f} | {alive / ref_alive:.2f} |")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ from dat_lightning.models.layers import (
     WindowAttention,
 )
 from dat_lightning.models.layers.deformable_attention import query_grid, reference_points
-from dat_lightning.models.layers.neighborhood_attention import neighborhood_attention
+from dat_lightning.models.layers.neighborhood_attention import (
+    neighborhood_attention,
+    recomputed_neighborhood_attention,
+)
 
 
 def loop_neighborhood_attention(q, k, v, rpb, kernel):
@@ -207,3 +210,28 @@ def test_bad_configs_explain_themselves():
         small_v1(use_conv_patches=True)
     with pytest.raises(ValueError, match="unknown block type"):
         small_v1(stage_spec=[["L", "S"], ["L", "S"], ["L", "X"], ["L", "D"]])
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_neighborhood_attention_recomputes_its_tiles_in_backward(dropout_p):
+    """In training the tiles (gathered keys and values, mask, probabilities) are recomputed in
+    backward instead of saved: the same outputs and gradients as the stored computation, the
+    dropout mask replayed, and only the inputs kept between forward and backward."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 9, 11, 8, requires_grad=True) for _ in range(3))
+    rpb = torch.randn(2, 9, 9, requires_grad=True)
+    results = []
+    for attend in (neighborhood_attention, recomputed_neighborhood_attention):
+        torch.manual_seed(1)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t) or t,
+                                                      lambda t: t):
+            out = attend(q, k, v, rpb, 5, tile=4, dropout_p=dropout_p)
+        grads = torch.autograd.grad(out.square().sum(), (q, k, v, rpb))
+        results.append((out, grads, sum(t.numel() for t in saved)))
+    (ref, ref_grads, ref_saved), (out, grads, recomputed_saved) = results
+    assert torch.equal(out, ref)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+    assert ref_saved > 4 * q.numel()  # the stored computation keeps the tiles
+    assert recomputed_saved == 3 * q.numel() + rpb.numel()  # the inputs, nothing else

@@ -49,6 +49,7 @@ GLOBAL_POOLS = ("avg", "max", "avgmax", "")
 NO_DECAY_KEYWORDS = ("rpe_table", "relative_position_bias_table", "rpb", "layer_scales")
 
 torch.fx.wrap("pad_bottom_right")
+torch.fx.wrap("residual_depthwise_conv")
 
 
 class LayerScale2d(nn.Module):

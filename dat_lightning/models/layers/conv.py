@@ -11,7 +11,6 @@ because ``1 + w`` rounded to 8 bits would perturb the centre weight.
 from __future__ import annotations
 
 import torch
-import torch.fx
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
@@ -19,9 +18,11 @@ __all__ = ["fuses_residual", "residual_depthwise_conv", "with_identity_tap"]
 
 
 def fuses_residual(x: torch.Tensor) -> bool:
-    """Whether :func:`residual_depthwise_conv` folds the residual into the kernel for ``x``."""
-    return x.dtype in (torch.float32, torch.float64) and not torch.is_autocast_enabled(
-        x.device.type)
+    """Whether :func:`residual_depthwise_conv` folds the residual into the kernel for ``x``: in
+    fp32/fp64 outside autocast, and not under ``torch.jit`` tracing (the ONNX exporter needs the
+    kernel to be a parameter, not a computed tensor)."""
+    return (x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(x.device.type) and not torch.jit.is_tracing())
 
 
 def with_identity_tap(weight: torch.Tensor) -> torch.Tensor:
@@ -43,5 +44,3 @@ def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
         return F.conv2d(x, with_identity_tap(weight), bias, padding=pad, groups=x.shape[1])
     return x + F.conv2d(x, weight, bias, padding=pad, groups=x.shape[1])
 
-
-torch.fx.wrap("residual_depthwise_conv")

@@ -10,7 +10,9 @@ The computation is blocked: the query map is cut into ``tile x tile`` tiles, eac
 each query's window, ``-inf`` outside) turns the tile into one dense attention product
 (:func:`~.attention.biased_attention`). Nothing of size ``(HW x HW)`` or ``(HW x k^2 x C)`` is
 materialised. The tiling is planned in Python from the map size, so :func:`neighborhood_attention` is a
-leaf of FX graphs: a traced model runs it eagerly at whatever size it is given.
+leaf of FX graphs: a traced model runs it eagerly at whatever size it is given. In training the
+module keeps only q, k, v and the bias table for backward and recomputes the tiles there
+(:func:`recomputed_neighborhood_attention`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
+from torch.utils.checkpoint import checkpoint
 
 from .attention import biased_attention
 from .padding import pad_bottom_right, size_max, size_min
@@ -117,7 +120,26 @@ def neighborhood_attention(
     return out[:, :, :H, :W]
 
 
+@register_notrace_function
+def recomputed_neighborhood_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor | None, kernel_size: int,
+    tile: int = 7, scale: float | None = None, dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """:func:`neighborhood_attention` that, when a gradient is needed, keeps only its inputs for
+    backward and recomputes the tiles there (non-reentrant ``torch.utils.checkpoint``, which
+    replays the dropout mask). The gathered keys and values (each ``(tile + k - 1)^2 / tile^2``
+    times the keys' size), the mask and the probabilities are then not stored between forward and
+    backward. A plain call without gradients and under ``torch.jit`` tracing (the ONNX export)."""
+    args = (q, k, v, rpb, kernel_size, tile, scale, dropout_p)
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, rpb))
+    if needs_grad and not torch.jit.is_tracing():
+        return checkpoint(neighborhood_attention, *args, use_reentrant=False)
+    return neighborhood_attention(*args)
+
+
 torch.fx.wrap("neighborhood_attention")
+torch.fx.wrap("recomputed_neighborhood_attention")
 torch.fx.wrap("pad_bottom_right")
 
 
@@ -153,8 +175,8 @@ class NeighborhoodAttention2d(nn.Module):
         x = pad_bottom_right(x.permute(0, 2, 3, 1), minimum=self.kernel_size, channels_last=True)
         Hp, Wp = x.shape[1], x.shape[2]
         qkv = self.qkv(x).view(B, Hp, Wp, 3, self.heads, self.head_dim).permute(3, 0, 4, 1, 2, 5)
-        out = neighborhood_attention(qkv[0], qkv[1], qkv[2], self.rpb, self.kernel_size,
-                                     tile=self.tile, scale=self.scale,
-                                     dropout_p=self.attn_drop if self.training else 0.0)
+        out = recomputed_neighborhood_attention(
+            qkv[0], qkv[1], qkv[2], self.rpb, self.kernel_size, tile=self.tile, scale=self.scale,
+            dropout_p=self.attn_drop if self.training else 0.0)
         out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, C)[:, :H, :W]
         return self.proj_drop(self.proj(out)).permute(0, 3, 1, 2)
