@@ -3,6 +3,8 @@ semantics, window padding, introspection, gradient checkpointing and drop path."
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +15,12 @@ from dat_lightning.models.layers import (
     NeighborhoodAttention2d,
     WindowAttention,
 )
-from dat_lightning.models.layers.deformable_attention import query_grid, reference_points
+from dat_lightning.models.layers.deformable_attention import (
+    _attend,
+    _reference_attend,
+    query_grid,
+    reference_points,
+)
 from dat_lightning.models.layers.neighborhood_attention import (
     neighborhood_attention,
     recomputed_neighborhood_attention,
@@ -235,3 +242,34 @@ def test_neighborhood_attention_recomputes_its_tiles_in_backward(dropout_p):
         torch.testing.assert_close(got, want)
     assert ref_saved > 4 * q.numel()  # the stored computation keeps the tiles
     assert recomputed_saved == 3 * q.numel() + rpb.numel()  # the inputs, nothing else
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_deformable_attention_recomputes_bias_and_probabilities_in_backward(dropout_p):
+    """The reference path in training keeps only its inputs and recomputes the sampled bias,
+    logits and probabilities in backward: the same outputs and gradients as storing them."""
+    torch.manual_seed(0)
+    batch, heads, groups, hw, hk = 2, 4, 2, 12, 3
+    q = torch.randn(batch, heads, hw, 8, requires_grad=True)
+    k, v = (torch.randn(batch, heads, hk * hk, 8, requires_grad=True) for _ in range(2))
+    pos = (torch.rand(batch * groups, hk, hk, 2) * 2 - 1).requires_grad_()
+    table = torch.randn(heads, 7, 9, requires_grad=True)
+    query_pos = query_grid(3, 4, "v1", torch.float32, "cpu").view(hw, 2)
+    inputs = (q, k, v, pos, table)
+    results = []
+    for attend in (_reference_attend, partial(_attend, backend="reference")):
+        torch.manual_seed(1)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t) or t,
+                                                      lambda t: t):
+            out, _ = attend(q, k, v, pos, table, query_pos, 0.35, dropout_p=dropout_p,
+                            need_probs=False)
+        grads = torch.autograd.grad(out.square().sum(), inputs)
+        results.append((out, grads, {t.data_ptr() for t in saved}))
+    (ref, ref_grads, ref_saved), (out, grads, recomputed_saved) = results
+    assert torch.equal(out, ref)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+    kept = {t.data_ptr() for t in (*inputs, query_pos)}
+    assert recomputed_saved <= kept  # the inputs only
+    assert not ref_saved <= kept  # storing keeps the logits' probabilities

@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-from .attention import batched_biased_attention, biased_attention
+from .attention import batched_biased_attention, biased_attention, recompute_in_backward
 from .flex_attention import flex_deformable_attention
 from .norm import LayerNorm2d
 from .padding import size_max
@@ -218,6 +218,16 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
     if use_flex and not need_probs and dropout_p == 0.0:
         keys = pos.view(batch, -1, pos.shape[1] * pos.shape[2], 2)
         return flex_deformable_attention(q, k, v, table, keys, query_pos, scale), None
+    return recompute_in_backward(_reference_attend, q, k, v, pos, table, query_pos, scale,
+                                 dropout_p, need_probs)
+
+
+def _reference_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
+                      table: torch.Tensor | None, query_pos: torch.Tensor, scale: float,
+                      dropout_p: float, need_probs: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference path of :func:`_attend`: materialised bias and logits (recomputed in
+    backward in training, so neither they nor the probabilities are stored)."""
+    batch = q.shape[0]
     if table is None:
         out, probs = biased_attention(q, k, v, None, scale, dropout_p)
         return out, probs if need_probs else None
@@ -229,8 +239,6 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor
                                           bias, scale, dropout_p)
     out = out.view(heads, batch, hw, -1).transpose(0, 1)
     return out, probs.view(heads, batch, hw, ns).transpose(0, 1) if need_probs else None
-
-
 
 
 @register_notrace_function

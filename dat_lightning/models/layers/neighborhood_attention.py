@@ -22,9 +22,8 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
-from torch.utils.checkpoint import checkpoint
 
-from .attention import biased_attention
+from .attention import biased_attention, recompute_in_backward
 from .padding import pad_bottom_right, size_max, size_min
 
 
@@ -125,17 +124,12 @@ def recomputed_neighborhood_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rpb: torch.Tensor | None, kernel_size: int,
     tile: int = 7, scale: float | None = None, dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """:func:`neighborhood_attention` that, when a gradient is needed, keeps only its inputs for
-    backward and recomputes the tiles there (non-reentrant ``torch.utils.checkpoint``, which
-    replays the dropout mask). The gathered keys and values (each ``(tile + k - 1)^2 / tile^2``
-    times the keys' size), the mask and the probabilities are then not stored between forward and
-    backward. A plain call without gradients and under ``torch.jit`` tracing (the ONNX export)."""
-    args = (q, k, v, rpb, kernel_size, tile, scale, dropout_p)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, rpb))
-    if needs_grad and not torch.jit.is_tracing():
-        return checkpoint(neighborhood_attention, *args, use_reentrant=False)
-    return neighborhood_attention(*args)
+    """:func:`neighborhood_attention`, recomputed in backward when a gradient is needed
+    (:func:`~.attention.recompute_in_backward`): the gathered keys and values (each
+    ``(tile + k - 1)^2 / tile^2`` times the keys' size), the mask and the probabilities are not
+    stored between forward and backward, only q, k, v and ``rpb``."""
+    return recompute_in_backward(neighborhood_attention, q, k, v, rpb, kernel_size, tile, scale,
+                                 dropout_p)
 
 
 torch.fx.wrap("neighborhood_attention")
