@@ -3,6 +3,7 @@ that load and allocator caching cannot disturb.
 
     python benchmarks/saved_activations.py
     python benchmarks/saved_activations.py --models dat_tiny --grad-checkpointing
+    python benchmarks/saved_activations.py --recompute-attention
 
 Two counts: the unique storages handed to ``torch.autograd.graph.saved_tensors_hooks``
 (parameters excluded), so a tensor saved by several ops counts once; and, as a cross-check that
@@ -21,6 +22,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets with timm)
+from dat_lightning.models import DAT
+from dat_lightning.models.layers import set_attention_recompute
 
 
 def saved_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
@@ -55,6 +58,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--grad-checkpointing", action="store_true")
+    parser.add_argument("--recompute-attention", action="store_true",
+                        help="DAT models recompute their attention in backward")
     args = parser.parse_args()
     torch.set_num_threads(2)
     x = torch.randn(args.batch, 3, args.size, args.size)
@@ -64,10 +69,13 @@ def main() -> None:
         model = timm.create_model(name, num_classes=1000).train()
         if args.grad_checkpointing:
             model.set_grad_checkpointing(True)
+        if args.recompute_attention and isinstance(model, DAT):
+            set_attention_recompute(model)
         rows.append((name, saved_mib(model, x), alive_mib(model, x)))
     ref, ref_alive = rows[0][1], rows[0][2]
     print(f"\nsaved for backward, batch {args.batch} at {args.size}, fp32"
-          + (", gradient checkpointing" if args.grad_checkpointing else "") + "\n")
+          + (", gradient checkpointing" if args.grad_checkpointing else "")
+          + (", DAT attention recomputed" if args.recompute_attention else "") + "\n")
     print("| model | saved MiB | x ref | alive after forward MiB | x ref |")
     print("| --- | --- | --- | --- | --- |")
     for name, mib, alive in rows:

@@ -14,6 +14,7 @@ from dat_lightning.models.layers import (
     DeformableAttention,
     NeighborhoodAttention2d,
     WindowAttention,
+    set_attention_recompute,
 )
 from dat_lightning.models.layers.deformable_attention import (
     _attend,
@@ -257,7 +258,7 @@ def test_deformable_attention_recomputes_bias_and_probabilities_in_backward(drop
     query_pos = query_grid(3, 4, "v1", torch.float32, "cpu").view(hw, 2)
     inputs = (q, k, v, pos, table)
     results = []
-    for attend in (_reference_attend, partial(_attend, backend="reference")):
+    for attend in (_reference_attend, partial(_attend, backend="reference", recompute=True)):
         torch.manual_seed(1)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t) or t,
@@ -273,3 +274,32 @@ def test_deformable_attention_recomputes_bias_and_probabilities_in_backward(drop
     kept = {t.data_ptr() for t in (*inputs, query_pos)}
     assert recomputed_saved <= kept  # the inputs only
     assert not ref_saved <= kept  # storing keeps the logits' probabilities
+
+
+@pytest.mark.parametrize("generation", ["v1", "pp"])
+def test_recompute_attention_option_saves_less_with_the_same_gradients(generation, tiny_dat):
+    """``recompute_attention=True`` (the constructor or ``set_attention_recompute``) changes only
+    what a train step keeps between forward and backward."""
+    x = torch.randn(2, 3, 64, 64)
+    results = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = tiny_dat(generation, recompute_attention=recompute).train()
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t, s=saved: s.append(t) or t,
+                                                      lambda t: t):
+            out = model(x)
+        grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+        results.append((out, grads, sum(t.numel() for t in saved)))
+    (ref, ref_grads, ref_saved), (out, grads, saved) = results
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want)
+    assert saved < ref_saved
+    torch.manual_seed(0)
+    model = tiny_dat(generation)
+    expected = sum(isinstance(m, (DeformableAttention, NeighborhoodAttention2d))
+                   for m in model.modules())
+    assert set_attention_recompute(model) == expected > 0
+    with pytest.raises(ValueError, match="no deformable or neighborhood attention"):
+        set_attention_recompute(WindowAttention(16, 2, 4, (8, 8)))

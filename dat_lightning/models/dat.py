@@ -34,6 +34,7 @@ from .layers import (
     NeighborhoodAttention2d,
     TransformerMLP,
     WindowAttention,
+    set_attention_recompute,
 )
 from .layers.conv import residual_depthwise_conv
 from .layers.padding import pad_bottom_right
@@ -322,6 +323,9 @@ class DAT(_ParamLayout, nn.Module):
         attn_drop_rate: attention dropout.
         drop_path_rate: stochastic depth, linearly increasing over blocks.
         global_pool: pooling of :meth:`forward_head`, one of :data:`GLOBAL_POOLS`.
+        recompute_attention: recompute the deformable and neighborhood attention in backward
+            instead of storing it (less training memory, a little more time; see
+            :func:`~dat_lightning.models.layers.set_attention_recompute`).
     """
 
     def __init__(
@@ -353,6 +357,7 @@ class DAT(_ParamLayout, nn.Module):
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         global_pool: str = "avg",
+        recompute_attention: bool = False,
     ) -> None:
         super().__init__()
         if generation not in ("v1", "pp"):
@@ -425,6 +430,8 @@ class DAT(_ParamLayout, nn.Module):
         # No further initialisation: the official reset_parameters() is a no-op (it iterates
         # parameters, not modules), so the official models keep PyTorch's defaults, as here.
         self.cls_head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        if recompute_attention:
+            set_attention_recompute(self)
 
     # --- timm model protocol -------------------------------------------------------------------
     @torch.jit.ignore

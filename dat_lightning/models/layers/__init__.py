@@ -1,7 +1,12 @@
 """Building blocks of the DAT and DAT++ backbones."""
 
 from .attention import biased_attention
-from .deformable_attention import DeformableAttention, DeformableRecord, set_attention_backend
+from .deformable_attention import (
+    DeformableAttention,
+    DeformableRecord,
+    set_attention_backend,
+    set_attention_recompute,
+)
 from .mlp import ConvMLP, TransformerMLP
 from .neighborhood_attention import NeighborhoodAttention2d
 from .norm import LayerNorm2d
@@ -17,4 +22,5 @@ __all__ = [
     "WindowAttention",
     "biased_attention",
     "set_attention_backend",
+    "set_attention_recompute",
 ]

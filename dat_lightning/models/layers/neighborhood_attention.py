@@ -10,9 +10,9 @@ The computation is blocked: the query map is cut into ``tile x tile`` tiles, eac
 each query's window, ``-inf`` outside) turns the tile into one dense attention product
 (:func:`~.attention.biased_attention`). Nothing of size ``(HW x HW)`` or ``(HW x k^2 x C)`` is
 materialised. The tiling is planned in Python from the map size, so :func:`neighborhood_attention` is a
-leaf of FX graphs: a traced model runs it eagerly at whatever size it is given. In training the
-module keeps only q, k, v and the bias table for backward and recomputes the tiles there
-(:func:`recomputed_neighborhood_attention`).
+leaf of FX graphs: a traced model runs it eagerly at whatever size it is given. With
+``recompute_attention`` (see ``set_attention_recompute``) the module keeps only q, k, v and the
+bias table for backward and recomputes the tiles there (:func:`recomputed_neighborhood_attention`).
 """
 
 from __future__ import annotations
@@ -162,6 +162,7 @@ class NeighborhoodAttention2d(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.recompute_attention = False  # see set_attention_recompute
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` -> ``[B, C, H, W]``."""
@@ -169,8 +170,9 @@ class NeighborhoodAttention2d(nn.Module):
         x = pad_bottom_right(x.permute(0, 2, 3, 1), minimum=self.kernel_size, channels_last=True)
         Hp, Wp = x.shape[1], x.shape[2]
         qkv = self.qkv(x).view(B, Hp, Wp, 3, self.heads, self.head_dim).permute(3, 0, 4, 1, 2, 5)
-        out = recomputed_neighborhood_attention(
-            qkv[0], qkv[1], qkv[2], self.rpb, self.kernel_size, tile=self.tile, scale=self.scale,
-            dropout_p=self.attn_drop if self.training else 0.0)
+        attend = (recomputed_neighborhood_attention if self.recompute_attention
+                  else neighborhood_attention)
+        out = attend(qkv[0], qkv[1], qkv[2], self.rpb, self.kernel_size, tile=self.tile,
+                     scale=self.scale, dropout_p=self.attn_drop if self.training else 0.0)
         out = out.permute(0, 2, 3, 1, 4).reshape(B, Hp, Wp, C)[:, :H, :W]
         return self.proj_drop(self.proj(out)).permute(0, 3, 1, 2)
