@@ -418,13 +418,8 @@ def set_attention_backend(model: nn.Module, backend: str = "auto") -> int:
     if backend not in ATTENTION_BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of "
                          f"{list(ATTENTION_BACKENDS)}")
-    blocks = [m for m in model.modules() if isinstance(m, DeformableAttention)]
-    if not blocks:
-        raise ValueError(f"{type(model).__name__} has no deformable attention blocks, so it has "
-                         "no attention backend to select")
-    for block in blocks:
-        block.attention_backend = backend
-    return len(blocks)
+    return _set_on_blocks(model, DeformableAttention, "attention_backend", backend,
+                          "deformable attention blocks, so it has no attention backend to select")
 
 
 def set_attention_recompute(model: nn.Module, enable: bool = True) -> int:
@@ -440,11 +435,17 @@ def set_attention_recompute(model: nn.Module, enable: bool = True) -> int:
     Returns:
         The number of blocks changed.
     """
-    blocks = [m for m in model.modules()
-              if isinstance(m, (DeformableAttention, NeighborhoodAttention2d))]
+    return _set_on_blocks(model, (DeformableAttention, NeighborhoodAttention2d),
+                          "recompute_attention", enable,
+                          "deformable or neighborhood attention blocks whose attention could be "
+                          "recomputed")
+
+
+def _set_on_blocks(model: nn.Module, types, name: str, value, missing: str) -> int:
+    """Set attribute ``name`` of every ``types`` module in ``model``; returns their number."""
+    blocks = [m for m in model.modules() if isinstance(m, types)]
     if not blocks:
-        raise ValueError(f"{type(model).__name__} has no deformable or neighborhood attention "
-                         "blocks whose attention could be recomputed")
+        raise ValueError(f"{type(model).__name__} has no {missing}")
     for block in blocks:
-        block.recompute_attention = enable
+        setattr(block, name, value)
     return len(blocks)
