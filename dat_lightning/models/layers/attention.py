@@ -3,7 +3,8 @@
 On CPU, for the short sequences of DAT (49-196 keys) and a bias that needs a gradient, the explicit
 ``matmul -> softmax -> matmul`` is faster than ``F.scaled_dot_product_attention`` (which falls back
 to its math path and adds fully-masked-row checks), forward and backward; it also hands back the
-probabilities for introspection without a second code path.
+probabilities for introspection without a second code path. :func:`recompute_in_backward` lets a
+block trade storing its attention for running it again in backward.
 """
 
 from __future__ import annotations

@@ -27,7 +27,8 @@ logits (:func:`~dat_lightning.models.layers.attention.biased_attention`; the bia
 backward instead of stored, see :func:`position_bias`); ``"flex"`` computes the bias inside
 FlexAttention (:mod:`~dat_lightning.models.layers.flex_attention`); ``"auto"`` (the default) is
 ``"flex"`` on CUDA and ``"reference"`` elsewhere. Recording attention probabilities and attention
-dropout always use the reference path.
+dropout always use the reference path. With :func:`set_attention_recompute` the reference path
+keeps only its inputs for backward and runs again there.
 """
 
 from __future__ import annotations
