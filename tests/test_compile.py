@@ -22,11 +22,12 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("recompute_attention", [False, True], ids=["stored", "recomputed"])
 @pytest.mark.parametrize("generation", ["v1", "pp"])
-def test_backbone_compiles_to_one_graph_in_training(generation, one_thread):
-    """Forward in train mode with gradients: every block type (L, S, D, N) and the recomputing
-    position bias trace into a single graph."""
-    model = DAT(**tiny_dat_kwargs(generation)).train()
+def test_backbone_compiles_to_one_graph_in_training(generation, recompute_attention, one_thread):
+    """Forward in train mode with gradients: every block type (L, S, D, N), the recomputing
+    position bias and MLP, and the attention recomputation option trace into a single graph."""
+    model = DAT(**tiny_dat_kwargs(generation), recompute_attention=recompute_attention).train()
     explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
