@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import tiny_dat_kwargs
+from functorch.compile import make_boxed_func
 from lightning.pytorch import Trainer, seed_everything
+from torch._dynamo.backends.common import aot_autograd
 from torch._dynamo.testing import CompileCounter
 from toy_data import NUM_CLASSES, toy_loader
 
@@ -31,6 +33,30 @@ def test_backbone_compiles_to_one_graph_in_training(generation, recompute_attent
     explanation = torch._dynamo.explain(model)(torch.randn(2, 3, 32, 32))
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+def test_compiled_bias_sampling_keeps_the_aten_kernel(one_thread):
+    """While compiling, the deformable position bias is sampled by an opaque op that calls aten's
+    ``grid_sampler_2d`` (inductor's decomposition of it is several times slower on the CPU): it is
+    in the traced graph, and the compiled outputs and gradients equal eager ones."""
+    torch.manual_seed(0)
+    model = DAT(**tiny_dat_kwargs("v1")).train()
+    x = torch.randn(2, 3, 32, 32)
+    targets = set()
+
+    def record(graph_module, example_inputs):  # the aten-level graphs inductor would lower
+        targets.update(node.target for node in graph_module.graph.nodes)
+        return make_boxed_func(graph_module.forward)
+
+    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=record, bw_compiler=record))
+    out = compiled(x)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    assert torch.ops.dat_lightning.sample_bias_table.default in targets
+    eager_out = model(x)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), list(model.parameters()))
+    torch.testing.assert_close(out, eager_out)
+    for got, want in zip(grads, eager_grads):
+        torch.testing.assert_close(got, want)
 
 
 def test_compile_callback_does_not_recompile_for_new_batch_or_image_sizes(one_thread):

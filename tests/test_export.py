@@ -105,6 +105,11 @@ def test_torch_export(preset: str) -> None:
     program = torch.export.export(model, (x,))
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), rtol=0, atol=1e-6)
+    # plain aten ops only: a program loads without dat_lightning (the bias sampling op that
+    # torch.compile keeps opaque is not exported)
+    namespaces = {node.target.namespace for node in program.graph.nodes
+                  if node.op == "call_function" and hasattr(node.target, "namespace")}
+    assert namespaces <= {"aten"}, namespaces
 
 
 @pytest.mark.slow

@@ -144,12 +144,45 @@ def _grouped_table(table: torch.Tensor, groups: int, dtype: torch.dtype) -> torc
     return table.unflatten(0, (groups, -1)).to(dtype)
 
 
+@torch.library.custom_op("dat_lightning::sample_bias_table", mutates_args=())
+def _sample_bias_table(table: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """aten's bilinear ``grid_sample`` (zero padding, ``align_corners=True``) as an op that
+    ``torch.compile`` keeps opaque: inductor's decomposition of this gather over the
+    ``[groups, B*HW, Ns]`` displacements is several times slower on the CPU than the aten kernel
+    (``benchmarks/RESULTS.md``)."""
+    return torch.ops.aten.grid_sampler_2d(table, grid, 0, 0, True)
+
+
+@_sample_bias_table.register_fake
+def _(table: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return table.new_empty(table.shape[0], table.shape[1], grid.shape[1], grid.shape[2])
+
+
+def _sample_bias_table_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _sample_bias_table_backward(ctx, grad: torch.Tensor):
+    table, grid = ctx.saved_tensors
+    return torch.ops.aten.grid_sampler_2d_backward(grad, table, grid, 0, 0, True, [True, True])
+
+
+_sample_bias_table.register_autograd(_sample_bias_table_backward,
+                                     setup_context=_sample_bias_table_setup)
+
+
 def _sample_table(pos: torch.Tensor, table: torch.Tensor, query_pos: torch.Tensor,
                   batch: int) -> torch.Tensor:
-    """``[groups, heads / groups, B*HW, Ns]`` bias: the table sampled at the displacements."""
-    return F.grid_sample(_grouped_table(table, pos.shape[0] // batch, pos.dtype),
-                         _half_displacements(pos, query_pos, batch), mode="bilinear",
-                         align_corners=True)
+    """``[groups, heads / groups, B*HW, Ns]`` bias: the table sampled at the displacements
+    (through :func:`_sample_bias_table` while ``torch.compile`` traces, not while exporting, so
+    exported programs keep plain aten ops)."""
+    grouped = _grouped_table(table, pos.shape[0] // batch, pos.dtype)
+    disp = _half_displacements(pos, query_pos, batch)
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        if torch.is_autocast_enabled(pos.device.type):  # grid_sample's autocast policy: fp32
+            grouped, disp = grouped.float(), disp.float()
+        return _sample_bias_table(grouped, disp)
+    return F.grid_sample(grouped, disp, mode="bilinear", align_corners=True)
 
 
 class _ContinuousPositionBias(torch.autograd.Function):
