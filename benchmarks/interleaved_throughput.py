@@ -21,6 +21,9 @@ import torch
 
 import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets with timm)
 
+#: ``--dtype`` choices of the benchmark scripts.
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, mode: str, dtype: torch.dtype):
     """A closure running one forward (no grad, eval) or train (forward + backward, gradients
@@ -48,12 +51,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    dtype = DTYPES[args.dtype]
     x = torch.randn(args.batch, 3, args.size, args.size)
     steps = {}
     for name in args.models:

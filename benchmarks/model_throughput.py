@@ -42,7 +42,9 @@ def measure(model_name: str, mode: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    from interleaved_throughput import DTYPES, make_step  # same step as the interleaved benchmark
+
+    dtype = DTYPES[args.dtype]
     model = timm.create_model(model_name, num_classes=1000).to(device)
     if args.attention_backend and model_name.startswith("dat"):
         from dat_lightning.models.layers import set_attention_backend
@@ -61,8 +63,6 @@ def measure(model_name: str, mode: str, args: argparse.Namespace) -> dict:
         graph_breaks = torch._dynamo.explain(model)(x).graph_break_count
         torch._dynamo.reset()
         model = torch.compile(model)
-    from interleaved_throughput import make_step  # same step as the interleaved benchmark
-
     step = make_step(model, x, mode, dtype)
     base_rss = _rss_mib()  # model and input resident; peak is measured above this
     start = time.perf_counter()

@@ -13,7 +13,7 @@ import argparse
 
 import timm
 import torch
-from interleaved_throughput import make_step  # the step the throughput figures time
+from interleaved_throughput import DTYPES, make_step  # the step the throughput figures time
 from torch.profiler import ProfilerActivity, profile
 
 import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets with timm)
@@ -24,7 +24,7 @@ def profile_model(name: str, args: argparse.Namespace) -> dict[str, float]:
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=1000)
     x = torch.randn(args.batch, 3, args.size, args.size)
-    step = make_step(model, x, args.mode, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
+    step = make_step(model, x, args.mode, DTYPES[args.dtype])
     for _ in range(args.warmup):
         step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--dtype", choices=list(DTYPES), default="fp32")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=1, help="profiled steps (averaged)")
     parser.add_argument("--top", type=int, default=20)

@@ -3,15 +3,13 @@
 On CPU, for the short sequences of DAT (49-196 keys) and a bias that needs a gradient, the explicit
 ``matmul -> softmax -> matmul`` is faster than ``F.scaled_dot_product_attention`` (which falls back
 to its math path and adds fully-masked-row checks), forward and backward; it also hands back the
-probabilities for introspection without a second code path. :func:`recompute_in_backward` lets a
-block trade storing its attention for running it again in backward.
+probabilities for introspection without a second code path.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
@@ -41,15 +39,3 @@ def _softmax_values(logits: torch.Tensor, v: torch.Tensor,
     probs = logits.softmax(-1)
     attn = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
     return torch.matmul(attn, v), probs
-
-
-def recompute_in_backward(fn, *args):
-    """``fn(*args)`` that, when a gradient is needed, keeps only its inputs for backward and runs
-    ``fn`` again there (non-reentrant ``torch.utils.checkpoint``, which replays the random state
-    for dropout) instead of storing its intermediates; a plain call without gradients and under
-    ``torch.jit`` tracing (the ONNX export)."""
-    needs_grad = torch.is_grad_enabled() and any(
-        isinstance(a, torch.Tensor) and a.requires_grad for a in args)
-    if needs_grad and not torch.jit.is_tracing():
-        return checkpoint(fn, *args, use_reentrant=False)
-    return fn(*args)

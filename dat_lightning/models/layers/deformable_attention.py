@@ -41,11 +41,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-from .attention import batched_biased_attention, biased_attention, recompute_in_backward
+from .attention import batched_biased_attention, biased_attention
 from .flex_attention import flex_deformable_attention
 from .neighborhood_attention import NeighborhoodAttention2d
 from .norm import LayerNorm2d
 from .padding import size_max
+from .recompute import builds_backward, recompute_in_backward
 
 __all__ = ["ATTENTION_BACKENDS", "DeformableAttention", "DeformableRecord", "position_bias",
            "query_grid", "reference_points", "set_attention_backend", "set_attention_recompute"]
@@ -230,8 +231,7 @@ def position_bias(pos: torch.Tensor, table: torch.Tensor, query_pos: torch.Tenso
     gradient is needed it is recomputed in backward, not stored (a custom autograd function; plain
     ``grid_sample`` without gradients and under ``torch.jit`` tracing, e.g. the ONNX export).
     """
-    needs_grad = torch.is_grad_enabled() and (pos.requires_grad or table.requires_grad)
-    if needs_grad and not torch.jit.is_tracing():
+    if builds_backward(pos, table):
         bias = _ContinuousPositionBias.apply(pos, table, query_pos, batch)
     else:
         bias = _sample_table(pos, table, query_pos, batch)  # [g, hg, B*HW, Ns]

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
 from .conv import fuses_residual, residual_depthwise_conv, with_identity_tap
+from .recompute import builds_backward
 
 
 def _gelu_input(h: torch.Tensor, dwc_weight: torch.Tensor | None,
@@ -92,10 +93,7 @@ def activation_linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     """``linear(mlp_activation(h, dwc_weight, dwc_bias), weight, bias)`` on ``[B, H, W, C]``
     tokens. When a gradient is needed, the activation is recomputed in backward rather than
     stored (plain ops without gradients and under ``torch.jit`` tracing, e.g. the ONNX export)."""
-    tensors = (h, weight, bias, dwc_weight, dwc_bias)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                 for t in tensors)
-    if needs_grad and not torch.jit.is_tracing():
+    if builds_backward(h, weight, bias, dwc_weight, dwc_bias):
         return _RecomputedActivationLinear.apply(h, dwc_weight, dwc_bias, weight, bias)
     return F.linear(mlp_activation(h, dwc_weight, dwc_bias), weight, bias)
 

@@ -23,8 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function
 
-from .attention import biased_attention, recompute_in_backward
+from .attention import biased_attention
 from .padding import pad_bottom_right, size_max, size_min
+from .recompute import recompute_in_backward
 
 
 def neighborhood_first_keys(size: int, kernel_size: int, num_queries: int,
@@ -125,7 +126,7 @@ def recomputed_neighborhood_attention(
     tile: int = 7, scale: float | None = None, dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """:func:`neighborhood_attention`, recomputed in backward when a gradient is needed
-    (:func:`~.attention.recompute_in_backward`): the gathered keys and values (each
+    (:func:`~.recompute.recompute_in_backward`): the gathered keys and values (each
     ``(tile + k - 1)^2 / tile^2`` times the keys' size), the mask and the probabilities are not
     stored between forward and backward, only q, k, v and ``rpb``."""
     return recompute_in_backward(neighborhood_attention, q, k, v, rpb, kernel_size, tile, scale,
