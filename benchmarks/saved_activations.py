@@ -1,5 +1,5 @@
-"""Bytes that one train-mode forward saves for backward, per model: the part of training memory
-that load and allocator caching cannot disturb.
+"""Bytes that one train-mode forward saves for backward, and the peak of a whole train step, per
+model: the parts of training memory that load and allocator caching cannot disturb.
 
     python benchmarks/saved_activations.py
     python benchmarks/saved_activations.py --models dat_tiny --grad-checkpointing
@@ -11,6 +11,11 @@ also sees what a checkpoint keeps for its recomputation, the bytes the CPU alloc
 after the forward (``torch.profiler`` memory events), less the output. With
 ``--grad-checkpointing`` the figures are what stays saved between forward and backward (the
 recomputed blocks' activations exist only one block at a time during backward).
+
+The peak is the most bytes the CPU allocator holds at once during forward and backward (the
+parameter gradients included), from the same memory events in time order: the CPU counterpart
+of ``torch.cuda.max_memory_allocated``. Unlike the resident set size (``model_throughput.py``),
+it does not count memory that the C library keeps after a tensor is freed.
 """
 
 from __future__ import annotations
@@ -51,6 +56,22 @@ def alive_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
     return (allocated - out.untyped_storage().nbytes()) / 2**20
 
 
+def peak_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """Peak MiB the allocator holds during forward and backward of ``model(x)`` (gradients from
+    ``None``), above what it held before."""
+    model.zero_grad(set_to_none=True)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        model(x).sum().backward()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    held = peak = 0
+    for event in events:
+        held += event.nbytes()
+        peak = max(peak, held)
+    model.zero_grad(set_to_none=True)
+    return peak / 2**20
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+",
@@ -71,15 +92,16 @@ def main() -> None:
             model.set_grad_checkpointing(True)
         if args.recompute_attention and isinstance(model, DAT):
             set_attention_recompute(model)
-        rows.append((name, saved_mib(model, x), alive_mib(model, x)))
-    ref, ref_alive = rows[0][1], rows[0][2]
+        rows.append((name, saved_mib(model, x), alive_mib(model, x), peak_mib(model, x)))
+    ref, ref_alive, ref_peak = rows[0][1:]
     print(f"\nsaved for backward, batch {args.batch} at {args.size}, fp32"
           + (", gradient checkpointing" if args.grad_checkpointing else "")
           + (", DAT attention recomputed" if args.recompute_attention else "") + "\n")
-    print("| model | saved MiB | x ref | alive after forward MiB | x ref |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, mib, alive in rows:
-        print(f"| {name} | {mib:.0f} | {mib / ref:.2f} | {alive:.0f} | {alive / ref_alive:.2f} |")
+    print("| model | saved MiB | x ref | alive after forward MiB | x ref | train step peak MiB | x ref |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, mib, alive, peak in rows:
+        print(f"| {name} | {mib:.0f} | {mib / ref:.2f} | {alive:.0f} | {alive / ref_alive:.2f} "
+              f"| {peak:.0f} | {peak / ref_peak:.2f} |")
 
 
 if __name__ == "__main__":

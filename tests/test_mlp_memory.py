@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from dat_lightning.models.layers import ConvMLP, TransformerMLP
@@ -54,6 +55,36 @@ def test_activation_linear_saves_only_hidden_tokens(with_dwc):
     inputs = tail_inputs(torch.float32, with_dwc)
     assert hidden_saves(activation_linear, inputs) == 1
     assert hidden_saves(plain_tail, inputs) == 2 + with_dwc  # input and output of GELU (+ sum)
+
+
+def backward_peak_in_hidden_maps(inputs) -> float:
+    """Most bytes the CPU allocator holds at once during the tail's backward, above what it held
+    before (the allocator's memory events in time order), in units of the hidden tokens' size."""
+    out = activation_linear(*inputs)
+    grad = torch.ones_like(out)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out.backward(grad)
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    held = peak = 0
+    for event in events:
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak / inputs[0].nbytes
+
+
+@pytest.mark.parametrize("with_dwc", [False, True], ids=["gelu", "dwc-gelu"])
+def test_activation_linear_backward_frees_hidden_maps_early(with_dwc):
+    """The backward holds one hidden-sized map besides ``h`` (the activation for the weight
+    gradient, then the gradient, which the GELU backward overwrites), two with the dwc (its
+    pre-activation too): this sets the peak of checkpointed training. Keeping every intermediate
+    to the end would hold three (four with the dwc)."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 16, 16, 64, requires_grad=True)  # 128 KiB, the weights are 2 KiB
+    tail = (h, torch.randn(8, 64, requires_grad=True), torch.randn(8, requires_grad=True))
+    if with_dwc:
+        tail += (torch.randn(64, 1, 3, 3, requires_grad=True), torch.randn(64, requires_grad=True))
+    assert backward_peak_in_hidden_maps(tail) < 1.5 + with_dwc
 
 
 @pytest.mark.parametrize("with_dwc", [False, True], ids=["gelu", "dwc-gelu"])
