@@ -5,6 +5,8 @@
 Each model runs ``--warmup`` untimed steps, then ``--steps`` steps under ``torch.profiler``; the
 table lists the ops with the largest self CPU time (per step) summed over the models, in ms and as
 a share of each model's step, so the extra time of one model over another can be read op by op.
+A second table sums the ops by kind (matrix products, sampling, convolutions, softmax, copies and
+layout, normalisation, the other element-wise ops) and gives each model's difference from the first.
 """
 
 from __future__ import annotations
@@ -17,6 +19,26 @@ from interleaved_throughput import DTYPES, make_step  # the step the throughput 
 from torch.profiler import ProfilerActivity, profile
 
 import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets with timm)
+
+#: Op kinds of the summary table: the first kind whose name fragment is in the op name.
+KINDS = {
+    "matrix products": ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear"),
+    "grid sampling": ("grid_sampler",),
+    "convolutions": ("convolution", "conv"),
+    "softmax": ("softmax",),
+    "copies and layout": ("copy", "cat", "stack", "clone", "contiguous", "pad", "index", "roll",
+                          "fill", "zero", "slice", "narrow", "scatter", "gather"),
+    "normalisation": ("layer_norm", "batch_norm", "group_norm"),
+}
+
+
+def kind_of(op: str) -> str:
+    """The :data:`KINDS` entry of an ``aten::`` op, else ``"other element-wise"``."""
+    name = op.removeprefix("aten::")
+    for kind, fragments in KINDS.items():
+        if any(f in name for f in fragments):
+            return kind
+    return "other element-wise"
 
 
 def profile_model(name: str, args: argparse.Namespace) -> dict[str, float]:
@@ -60,6 +82,22 @@ def main() -> None:
         print(f"| `{op}` | " + " | ".join(cells) + " |")
     print("| total | " + " | ".join(f"{totals[n]:.0f}" for n in args.models) + " |")
 
+    ref = args.models[0]
+    kinds = {n: {k: 0.0 for k in [*KINDS, "other element-wise"]} for n in args.models}
+    for n, t in times.items():
+        for op, ms in t.items():
+            kinds[n][kind_of(op)] += ms
+    print(f"\nby kind, self CPU ms (difference from {ref})\n")
+    print("| kind | " + " | ".join(args.models) + " |")
+    print("|" + " --- |" * (1 + len(args.models)))
+
+    def cell(n: str, ms: float, ref_ms: float) -> str:
+        return f"{ms:.0f}" + ("" if n == ref else f" ({ms - ref_ms:+.0f})")
+
+    for kind in kinds[ref]:
+        cells = [cell(n, kinds[n][kind], kinds[ref][kind]) for n in args.models]
+        print(f"| {kind} | " + " | ".join(cells) + " |")
+    print("| total | " + " | ".join(cell(n, totals[n], totals[ref]) for n in args.models) + " |")
 
 if __name__ == "__main__":
     main()

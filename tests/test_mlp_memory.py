@@ -40,6 +40,13 @@ def test_activation_linear_gradcheck(with_dwc):
     assert torch.autograd.gradcheck(activation_linear, tail_inputs(torch.float64, with_dwc))
 
 
+@pytest.mark.parametrize("with_dwc", [False, True], ids=["gelu", "dwc-gelu"])
+def test_activation_linear_double_backward(with_dwc):
+    """``create_graph=True`` (gradient penalties) differentiates the backward itself, so the
+    in-place buffer reuse of the first-order backward must not run there."""
+    assert torch.autograd.gradgradcheck(activation_linear, tail_inputs(torch.float64, with_dwc))
+
+
 def hidden_saves(tail, inputs) -> int:
     """Distinct storages of the hidden tokens' size that ``tail`` saves for backward."""
     saved = []
@@ -76,9 +83,9 @@ def backward_peak_in_hidden_maps(inputs) -> float:
 @pytest.mark.parametrize("with_dwc", [False, True], ids=["gelu", "dwc-gelu"])
 def test_activation_linear_backward_frees_hidden_maps_early(with_dwc):
     """The backward holds one hidden-sized map besides ``h`` (the activation for the weight
-    gradient, then the gradient, which the GELU backward overwrites), two with the dwc (its
-    pre-activation too): this sets the peak of checkpointed training. Keeping every intermediate
-    to the end would hold three (four with the dwc)."""
+    gradient, whose buffer then takes the gradient, which the GELU backward overwrites), two with
+    the dwc (its pre-activation too): this sets the peak of checkpointed training. Keeping every
+    intermediate to the end would hold three (four with the dwc)."""
     torch.manual_seed(0)
     h = torch.randn(2, 16, 16, 64, requires_grad=True)  # 128 KiB, the weights are 2 KiB
     tail = (h, torch.randn(8, 64, requires_grad=True), torch.randn(8, requires_grad=True))

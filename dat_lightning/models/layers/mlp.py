@@ -55,22 +55,28 @@ class _RecomputedActivationLinear(torch.autograd.Function):
     def backward(ctx, grad):
         h, dwc_weight, dwc_bias, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        # Each hidden-sized tensor is freed as soon as it is used and the GELU backward writes
-        # into its incoming gradient: at most three hidden-sized maps are alive at once (h, the
-        # pre-activation with a dwc, the gradient), which sets the peak of checkpointed training.
+        # Hidden-sized maps are freed as soon as they are used, and outside double backward the
+        # gradient reuses the activation's buffer and the GELU backward runs in place: besides h,
+        # one such map is alive (two with a dwc), which sets the peak of checkpointed training
+        # and saves fresh, page-faulting allocations.
         pre = _gelu_input(h, dwc_weight, dwc_bias, ctx.fuse)
         grad2d = grad.reshape(-1, grad.shape[-1])
-        grad_weight = grad_bias = grad_dwc_weight = grad_dwc_bias = None
+        grad_weight = grad_bias = grad_dwc_weight = grad_dwc_bias = act = None
         if needs[3]:
             act = F.gelu(pre)
             grad_weight = grad2d.t() @ act.reshape(-1, act.shape[-1]).to(grad.dtype)
             grad_weight = grad_weight.to(weight.dtype)
-            del act
         if ctx.has_bias and needs[4]:
             grad_bias = grad2d.sum(0).to(weight.dtype)
-        grad_pre = (grad @ weight.to(grad.dtype)).to(pre.dtype)
-        grad_pre = torch.ops.aten.gelu_backward.grad_input(grad_pre, pre, grad_input=grad_pre)
-        del pre
+        in_place = not torch.is_grad_enabled()  # create_graph needs differentiable ops (no out=)
+        if in_place and act is not None and grad.dtype == weight.dtype == act.dtype:
+            grad_pre = torch.matmul(grad, weight, out=act)
+        else:
+            act = None
+            grad_pre = (grad @ weight.to(grad.dtype)).to(pre.dtype)
+        grad_pre = (torch.ops.aten.gelu_backward.grad_input(grad_pre, pre, grad_input=grad_pre)
+                    if in_place else torch.ops.aten.gelu_backward(grad_pre, pre))
+        del act, pre
         if dwc_weight is None:
             return grad_pre, None, None, grad_weight, grad_bias
         grad_map, x = grad_pre.permute(0, 3, 1, 2), h.permute(0, 3, 1, 2)
