@@ -27,6 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import dat_lightning.models.presets  # noqa: F401  (registers the DAT presets with timm)
+from dat_lightning.memory import peak_allocated_bytes
 from dat_lightning.models import DAT
 from dat_lightning.models.layers import set_attention_recompute
 
@@ -60,14 +61,7 @@ def peak_mib(model: torch.nn.Module, x: torch.Tensor) -> float:
     """Peak MiB the allocator holds during forward and backward of ``model(x)`` (gradients from
     ``None``), above what it held before."""
     model.zero_grad(set_to_none=True)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        model(x).sum().backward()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    held = peak = 0
-    for event in events:
-        held += event.nbytes()
-        peak = max(peak, held)
+    peak = peak_allocated_bytes(lambda: model(x).sum().backward())
     model.zero_grad(set_to_none=True)
     return peak / 2**20
 

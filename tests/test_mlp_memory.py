@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from dat_lightning.memory import peak_allocated_bytes
 from dat_lightning.models.layers import ConvMLP, TransformerMLP
 from dat_lightning.models.layers.conv import fuses_residual, residual_depthwise_conv
 from dat_lightning.models.layers.mlp import activation_linear
@@ -64,20 +64,26 @@ def test_activation_linear_saves_only_hidden_tokens(with_dwc):
     assert hidden_saves(plain_tail, inputs) == 2 + with_dwc  # input and output of GELU (+ sum)
 
 
+def test_peak_allocated_bytes_counts_tensors_alive_at_once():
+    mib = 2**20 // 4  # float32 elements
+
+    def two_at_once():
+        a, b = torch.ones(mib), torch.ones(mib)
+        return a, b
+
+    def one_after_another():
+        torch.ones(mib)
+        torch.ones(mib)
+
+    assert 2 * 2**20 <= peak_allocated_bytes(two_at_once) < 2.1 * 2**20
+    assert 2**20 <= peak_allocated_bytes(one_after_another) < 1.1 * 2**20
+
+
 def backward_peak_in_hidden_maps(inputs) -> float:
-    """Most bytes the CPU allocator holds at once during the tail's backward, above what it held
-    before (the allocator's memory events in time order), in units of the hidden tokens' size."""
+    """Peak allocator bytes during the tail's backward, in units of the hidden tokens' size."""
     out = activation_linear(*inputs)
     grad = torch.ones_like(out)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out.backward(grad)
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    held = peak = 0
-    for event in events:
-        held += event.nbytes()
-        peak = max(peak, held)
-    return peak / inputs[0].nbytes
+    return peak_allocated_bytes(lambda: out.backward(grad)) / inputs[0].nbytes
 
 
 @pytest.mark.parametrize("with_dwc", [False, True], ids=["gelu", "dwc-gelu"])
