@@ -99,5 +99,6 @@ def main() -> None:
         print(f"| {kind} | " + " | ".join(cells) + " |")
     print("| total | " + " | ".join(cell(n, totals[n], totals[ref]) for n in args.models) + " |")
 
+
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 """The MLP tail that recomputes its activation in backward (``activation_linear``): the same
 values and gradients as the plain layers, under autocast too, while saving only the hidden
-tokens; and DAT++'s residual depthwise convolution (``residual_depthwise_conv``), which folds the
-residual into the kernel in full precision."""
+tokens, and holding few hidden-sized maps at once in backward (measured with
+``peak_allocated_bytes``, tested here too); and DAT++'s residual depthwise convolution
+(``residual_depthwise_conv``), which folds the residual into the kernel in full precision."""
 
 from __future__ import annotations
 
